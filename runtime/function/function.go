@@ -1,0 +1,107 @@
+// Package function is the API a business function is written against: a
+// typed func(ctx, *Req) (*Resp, error) on generated protobuf messages, wrapped
+// into a Definition the host can serve. It knows nothing of NATS.
+package function
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// Handler is the type-erased form of a function that the host dispatches to
+// and middleware wraps.
+type Handler func(ctx context.Context, req proto.Message) (proto.Message, error)
+
+// Middleware wraps a Handler with behaviour that every call gets.
+type Middleware func(Handler) Handler
+
+// Chain wraps h in mw; the first middleware is the outermost, so
+// Chain(h, Recover, Timeout) recovers panics raised by Timeout as well.
+func Chain(h Handler, mw ...Middleware) Handler {
+	for i := len(mw) - 1; i >= 0; i-- {
+		h = mw[i](h)
+	}
+	return h
+}
+
+// Message is satisfied by *T when T is a generated protobuf message; it lets
+// New allocate requests without reflection.
+type Message[T any] interface {
+	*T
+	proto.Message
+}
+
+// Func is a typed business function.
+type Func[Req, Resp any, PReq Message[Req], PResp Message[Resp]] func(ctx context.Context, req PReq) (PResp, error)
+
+// Definition describes one function to the host: its endpoint name within its
+// service, what it does, its contract and its handler.
+type Definition struct {
+	// Name is the endpoint name; the subject is "<service>.<name>".
+	Name string
+	// Description says what the function does; it is shown by nats micro info.
+	Description string
+	// Request and Response describe the contract.
+	Request, Response protoreflect.MessageDescriptor
+	// NewRequest allocates an empty request to decode into.
+	NewRequest func() proto.Message
+	// Handler runs the function.
+	Handler Handler
+	// Middleware wraps this function only, inside the host's own chain.
+	Middleware []Middleware
+}
+
+// Option configures a Definition.
+type Option func(*Definition)
+
+// WithDescription sets the description shown in service discovery.
+func WithDescription(s string) Option { return func(d *Definition) { d.Description = s } }
+
+// WithMiddleware adds middleware to this function only.
+func WithMiddleware(mw ...Middleware) Option {
+	return func(d *Definition) { d.Middleware = append(d.Middleware, mw...) }
+}
+
+var nameRE = regexp.MustCompile(`^[a-z][a-z0-9_-]*$`)
+
+// New wraps a typed function into a Definition. Name must be a lower-case
+// token ("create"); it panics otherwise, since names are constants in code.
+func New[Req, Resp any, PReq Message[Req], PResp Message[Resp]](name string, fn func(context.Context, PReq) (PResp, error), opts ...Option) Definition {
+	if !nameRE.MatchString(name) {
+		panic(fmt.Sprintf("function: invalid name %q", name))
+	}
+	var zeroReq PReq = new(Req)
+	var zeroResp PResp = new(Resp)
+	d := Definition{
+		Name:       name,
+		Request:    zeroReq.ProtoReflect().Descriptor(),
+		Response:   zeroResp.ProtoReflect().Descriptor(),
+		NewRequest: func() proto.Message { return PReq(new(Req)) },
+		Handler: func(ctx context.Context, req proto.Message) (proto.Message, error) {
+			in, ok := req.(PReq)
+			if !ok {
+				return nil, fmt.Errorf("function %s: request is %T, want %T", name, req, zeroReq)
+			}
+			out, err := fn(ctx, in)
+			if err != nil {
+				return nil, err
+			}
+			return out, nil
+		},
+	}
+	for _, o := range opts {
+		o(&d)
+	}
+	return d
+}
+
+// Service groups functions under one micro service name ("orders").
+type Service struct {
+	Name        string
+	Version     string
+	Description string
+}
