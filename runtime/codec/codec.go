@@ -1,0 +1,102 @@
+// Package codec decodes request bodies and encodes replies in the encoding the
+// caller used: JSON with proto field names when the body starts with '{' or
+// the Content-Type says so, binary protobuf otherwise.
+package codec
+
+import (
+	"bytes"
+	"strings"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/orderflow/orderflow/runtime/function"
+)
+
+// Encoding is the wire form of a body.
+type Encoding int
+
+const (
+	// Protobuf is the binary protobuf wire format.
+	Protobuf Encoding = iota
+	// JSON is protojson with proto field names.
+	JSON
+)
+
+func (e Encoding) String() string {
+	if e == JSON {
+		return "json"
+	}
+	return "protobuf"
+}
+
+// ContentType is the header value a reply in e carries.
+func (e Encoding) ContentType() string {
+	if e == JSON {
+		return "application/json"
+	}
+	return "application/protobuf"
+}
+
+// Detect picks the encoding of a body: JSON when contentType says so or the
+// first non-space byte is '{'.
+func Detect(contentType string, body []byte) Encoding {
+	if ct, _, _ := strings.Cut(contentType, ";"); strings.EqualFold(strings.TrimSpace(ct), "application/json") {
+		return JSON
+	}
+	if t := bytes.TrimLeft(body, " \t\r\n"); len(t) > 0 && t[0] == '{' {
+		return JSON
+	}
+	return Protobuf
+}
+
+var (
+	jsonIn  = protojson.UnmarshalOptions{}
+	jsonOut = protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}
+	binIn   = proto.UnmarshalOptions{}
+	binOut  = proto.MarshalOptions{Deterministic: true}
+)
+
+// Decode fills msg from body. Unknown JSON fields and malformed bodies are
+// bad input: the error wraps function.ErrInvalid and names the field where
+// the decoder can tell.
+func Decode(enc Encoding, body []byte, msg proto.Message) error {
+	var err error
+	if enc == JSON {
+		err = jsonIn.Unmarshal(body, msg)
+	} else {
+		err = binIn.Unmarshal(body, msg)
+	}
+	if err != nil {
+		return function.Invalid("body", "cannot decode %s %s: %s", enc, msg.ProtoReflect().Descriptor().Name(), trimProtoPrefix(err.Error()))
+	}
+	return nil
+}
+
+// Encode renders msg in enc. JSON shows zero values, so "reserved": 0 is
+// visible to a person reading a reply.
+func Encode(enc Encoding, msg proto.Message) ([]byte, error) {
+	if enc == JSON {
+		return jsonOut.Marshal(msg)
+	}
+	return binOut.Marshal(msg)
+}
+
+// Limit reports bad input when body exceeds max bytes (max <= 0: no limit).
+func Limit(body []byte, max int) error {
+	if max > 0 && len(body) > max {
+		return function.Invalid("body", "%d bytes exceeds the limit of %d", len(body), max)
+	}
+	return nil
+}
+
+// protobuf errors start with "proto: " (with a non-breaking space in some
+// versions, to discourage matching); drop it so the description reads well.
+func trimProtoPrefix(s string) string {
+	for _, p := range []string{"proto:\u00a0", "proto: "} {
+		if rest, ok := strings.CutPrefix(s, p); ok {
+			return rest
+		}
+	}
+	return s
+}

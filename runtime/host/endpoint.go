@@ -1,0 +1,97 @@
+package host
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/orderflow/orderflow/runtime/codec"
+	"github.com/orderflow/orderflow/runtime/function"
+)
+
+// endpoint is one function served on "<service>.<name>".
+type endpoint struct {
+	svc     *service
+	def     function.Definition
+	subject string
+	handler function.Handler
+	slots   chan struct{}
+	sub     *nats.Subscription
+	metrics fnMetrics
+	log     *slog.Logger
+	limit   int
+
+	stats endpointStats
+}
+
+// metadata names the contract, for `nats micro info`.
+func (e *endpoint) metadata() map[string]string {
+	return map[string]string{
+		"description":  e.def.Description,
+		"request":      string(e.def.Request.FullName()),
+		"response":     string(e.def.Response.FullName()),
+		"content_type": "application/json, application/protobuf",
+	}
+}
+
+var errNilResponse = errors.New("function returned no response")
+
+// serve runs one request to the end: decode, call, encode, reply, record.
+func (e *endpoint) serve(m *nats.Msg) {
+	start := time.Now()
+	e.begin()
+	e.metrics.inFlight.Inc()
+
+	enc := codec.Detect(m.Header.Get("Content-Type"), m.Data)
+	body, err := e.call(m, enc)
+
+	var code, desc string
+	reply := &nats.Msg{Header: nats.Header{}}
+	if err != nil {
+		code, desc = strconv.Itoa(function.Code(err)), sanitizeHeader(err.Error())
+		reply.Header.Set(micro.ErrorCodeHeader, code)
+		reply.Header.Set(micro.ErrorHeader, desc)
+	} else {
+		reply.Header.Set("Content-Type", enc.ContentType())
+		reply.Data = body
+	}
+	if m.Reply != "" {
+		if rerr := m.RespondMsg(reply); rerr != nil {
+			e.log.Warn("reply failed", "function", e.subject, "error", rerr)
+		}
+	}
+
+	elapsed := time.Since(start)
+	e.end(elapsed, code, desc)
+	e.metrics.inFlight.Dec()
+	e.metrics.observe(elapsed, code)
+}
+
+func (e *endpoint) call(m *nats.Msg, enc codec.Encoding) ([]byte, error) {
+	if err := codec.Limit(m.Data, e.limit); err != nil {
+		return nil, err
+	}
+	req := e.def.NewRequest()
+	if err := codec.Decode(enc, m.Data, req); err != nil {
+		return nil, err
+	}
+	ctx := function.WithCall(context.Background(), function.Call{
+		Service:  e.svc.info.Name,
+		Function: e.def.Name,
+		Subject:  m.Subject,
+		Header:   function.Header(m.Header),
+	})
+	resp, err := e.handler(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	if resp == nil || !resp.ProtoReflect().IsValid() {
+		return nil, errNilResponse
+	}
+	return codec.Encode(enc, resp)
+}

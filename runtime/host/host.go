@@ -1,0 +1,246 @@
+// Package host serves function Definitions as NATS micro endpoints.
+//
+// It speaks the micro protocol (PING, INFO and STATS on $SRV.>, errors in the
+// Nats-Service-Error headers) with nats.go micro's own wire types, so the
+// stock `nats micro` commands discover and inspect it. It does not use
+// micro.AddService: micro calls a handler serially per subscription and
+// computes stats after the handler returns, so a host that dispatched to a
+// worker pool from a micro handler would report wrong error counts and
+// processing times. Here each endpoint runs up to WorkerPoolSize calls at
+// once and records stats when a call really ends.
+package host
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/nats-io/nuid"
+
+	"github.com/orderflow/orderflow/runtime/function"
+)
+
+// QueueGroup is the queue group every endpoint subscribes in, as in micro, so
+// pods serving the same function share its requests.
+const QueueGroup = micro.DefaultQueueGroup
+
+// Errors returned by the host.
+var (
+	// ErrConfig marks a host or registration that cannot work.
+	ErrConfig = errors.New("host config")
+	// ErrStarted is returned by Add after Start.
+	ErrStarted = errors.New("host already started")
+)
+
+// Host serves functions on one NATS connection.
+type Host struct {
+	nc   *nats.Conn
+	opts options
+
+	mu       sync.Mutex
+	services []*service
+	started  bool
+	verbSubs []*nats.Subscription
+	wg       sync.WaitGroup // calls in flight
+}
+
+// New returns a Host on nc, which the caller owns and closes after Drain.
+func New(nc *nats.Conn, opts ...Option) (*Host, error) {
+	if nc == nil {
+		return nil, fmt.Errorf("%w: nil connection", ErrConfig)
+	}
+	o := defaults()
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
+	}
+	return &Host{nc: nc, opts: o}, nil
+}
+
+var semverRE = regexp.MustCompile(`^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$`)
+var serviceNameRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+
+// Add registers a function under a service. The service is created on its
+// first function; later functions must name the same version.
+func (h *Host) Add(svc function.Service, def function.Definition) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.started {
+		return ErrStarted
+	}
+	if !serviceNameRE.MatchString(svc.Name) {
+		return fmt.Errorf("%w: service name %q", ErrConfig, svc.Name)
+	}
+	if !semverRE.MatchString(svc.Version) {
+		return fmt.Errorf("%w: service %s: version %q is not SemVer", ErrConfig, svc.Name, svc.Version)
+	}
+	if def.Handler == nil || def.NewRequest == nil {
+		return fmt.Errorf("%w: %s.%s: definition has no handler", ErrConfig, svc.Name, def.Name)
+	}
+	s := h.service(svc)
+	if s.info.Version != svc.Version {
+		return fmt.Errorf("%w: service %s registered with versions %s and %s", ErrConfig, svc.Name, s.info.Version, svc.Version)
+	}
+	subject := svc.Name + "." + def.Name
+	for _, e := range s.endpoints {
+		if e.def.Name == def.Name {
+			return fmt.Errorf("%w: %s registered twice", ErrConfig, subject)
+		}
+	}
+	chain := append(slices.Clone(h.opts.middleware), def.Middleware...)
+	e := &endpoint{
+		svc:     s,
+		def:     def,
+		subject: subject,
+		handler: function.Chain(def.Handler, chain...),
+		slots:   make(chan struct{}, h.opts.workers),
+		metrics: h.opts.metrics.forFunction(subject),
+		log:     h.opts.log,
+		limit:   h.opts.maxBody,
+	}
+	e.stats.Name, e.stats.Subject, e.stats.QueueGroup = def.Name, subject, QueueGroup
+	s.endpoints = append(s.endpoints, e)
+	return nil
+}
+
+func (h *Host) service(svc function.Service) *service {
+	for _, s := range h.services {
+		if s.info.Name == svc.Name {
+			return s
+		}
+	}
+	s := &service{
+		info: micro.ServiceIdentity{Name: svc.Name, ID: nuid.Next(), Version: svc.Version, Metadata: map[string]string{}},
+		desc: svc.Description,
+	}
+	h.services = append(h.services, s)
+	return s
+}
+
+// Subjects lists the endpoint subjects registered so far, in order.
+func (h *Host) Subjects() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []string
+	for _, s := range h.services {
+		for _, e := range s.endpoints {
+			out = append(out, e.subject)
+		}
+	}
+	return out
+}
+
+// Start subscribes every endpoint and the discovery verbs. It returns once
+// the server has the subscriptions, so a request sent after Start is served.
+func (h *Host) Start() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.started {
+		return ErrStarted
+	}
+	h.started = true
+	for _, s := range h.services {
+		s.started = time.Now().UTC()
+		for _, e := range s.endpoints {
+			sub, err := h.nc.QueueSubscribe(e.subject, QueueGroup, func(m *nats.Msg) { h.dispatch(e, m) })
+			if err != nil {
+				return fmt.Errorf("subscribe %s: %w", e.subject, err)
+			}
+			e.sub = sub
+		}
+		for _, v := range []micro.Verb{micro.PingVerb, micro.InfoVerb, micro.StatsVerb} {
+			for _, subj := range verbSubjects(v, s.info.Name, s.info.ID) {
+				sub, err := h.nc.Subscribe(subj, s.verbHandler(v))
+				if err != nil {
+					return fmt.Errorf("subscribe %s: %w", subj, err)
+				}
+				h.verbSubs = append(h.verbSubs, sub)
+			}
+		}
+	}
+	return h.nc.Flush()
+}
+
+// dispatch runs on the subscription's delivery goroutine: it waits for a free
+// worker slot, which is the backpressure, and hands the message over.
+func (h *Host) dispatch(e *endpoint, m *nats.Msg) {
+	e.slots <- struct{}{}
+	h.wg.Add(1)
+	go func() {
+		defer func() { <-e.slots; h.wg.Done() }()
+		e.serve(m)
+	}()
+}
+
+// Drain stops taking requests, lets queued and in-flight calls finish and
+// reply, and removes the services from discovery. Other pods in the queue
+// group take the requests that arrive meanwhile. It returns ctx.Err() if calls
+// are still running when ctx ends.
+func (h *Host) Drain(ctx context.Context) error {
+	h.mu.Lock()
+	var subs []*nats.Subscription
+	for _, s := range h.services {
+		for _, e := range s.endpoints {
+			if e.sub != nil {
+				subs = append(subs, e.sub)
+			}
+		}
+	}
+	subs = append(subs, h.verbSubs...)
+	h.mu.Unlock()
+
+	var errs []error
+	closed := make([]<-chan nats.SubStatus, 0, len(subs))
+	for _, sub := range subs {
+		ch := sub.StatusChanged(nats.SubscriptionClosed)
+		if err := sub.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
+			errs = append(errs, fmt.Errorf("drain %s: %w", sub.Subject, err))
+			continue
+		}
+		closed = append(closed, ch)
+	}
+	for _, ch := range closed {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	done := make(chan struct{})
+	go func() { h.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return errors.Join(errs...)
+}
+
+func verbSubjects(v micro.Verb, name, id string) []string {
+	out := make([]string, 0, 3)
+	for _, kv := range [][2]string{{"", ""}, {name, ""}, {name, id}} {
+		s, err := micro.ControlSubject(v, kv[0], kv[1])
+		if err == nil {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// sanitizeHeader keeps a header value on one line.
+func sanitizeHeader(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '\r' || r == '\n' {
+			return ' '
+		}
+		return r
+	}, s)
+}

@@ -1,0 +1,58 @@
+package host
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the host's Prometheus collectors, labelled by function
+// ("orders.create").
+type Metrics struct {
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	inFlight *prometheus.GaugeVec
+}
+
+// NewMetrics creates the collectors and registers them with reg (nil: not
+// registered, for tests that do not scrape).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "orderflow", Name: "requests_total",
+			Help: "Requests served per function, by micro status code (200 for success).",
+		}, []string{"function", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "orderflow", Name: "request_duration_seconds",
+			Help:    "Time from receiving a request to sending its reply.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}, []string{"function"}),
+		inFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "orderflow", Name: "requests_in_flight",
+			Help: "Requests being processed now.",
+		}, []string{"function"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.requests, m.duration, m.inFlight)
+	}
+	return m
+}
+
+type fnMetrics struct {
+	m        *Metrics
+	fn       string
+	inFlight prometheus.Gauge
+	duration prometheus.Observer
+}
+
+func (m *Metrics) forFunction(fn string) fnMetrics {
+	return fnMetrics{m: m, fn: fn, inFlight: m.inFlight.WithLabelValues(fn), duration: m.duration.WithLabelValues(fn)}
+}
+
+func (f fnMetrics) observe(d time.Duration, code string) {
+	if code == "" {
+		code = "200"
+	}
+	f.m.requests.WithLabelValues(f.fn, code).Inc()
+	f.duration.Observe(d.Seconds())
+}

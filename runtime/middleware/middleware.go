@@ -1,0 +1,72 @@
+// Package middleware holds the function.Middleware every function gets:
+// panic recovery, a deadline and a log line per failed call.
+package middleware
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/orderflow/orderflow/runtime/function"
+)
+
+// ErrPanic wraps a panic raised by a handler; it is transient (500).
+var ErrPanic = errors.New("handler panicked")
+
+// Recover turns a panic in the handler into an error, so one bad message
+// cannot take down a pod that serves many.
+func Recover(log *slog.Logger) function.Middleware {
+	return func(next function.Handler) function.Handler {
+		return func(ctx context.Context, req proto.Message) (resp proto.Message, err error) {
+			defer func() {
+				if r := recover(); r != nil {
+					log.ErrorContext(ctx, "handler panicked", "function", function.CallFrom(ctx).Name(),
+						"panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+					resp, err = nil, fmt.Errorf("%w: %v", ErrPanic, r)
+				}
+			}()
+			return next(ctx, req)
+		}
+	}
+}
+
+// Timeout bounds each call to d, within any deadline the caller already set.
+func Timeout(d time.Duration) function.Middleware {
+	return func(next function.Handler) function.Handler {
+		if d <= 0 {
+			return next
+		}
+		return func(ctx context.Context, req proto.Message) (proto.Message, error) {
+			ctx, cancel := context.WithTimeout(ctx, d)
+			defer cancel()
+			return next(ctx, req)
+		}
+	}
+}
+
+// Logging logs every failed call with its code, and successful ones at debug
+// level, with the function name and duration.
+func Logging(log *slog.Logger) function.Middleware {
+	return func(next function.Handler) function.Handler {
+		return func(ctx context.Context, req proto.Message) (proto.Message, error) {
+			start := time.Now()
+			resp, err := next(ctx, req)
+			call := function.CallFrom(ctx)
+			attrs := []any{"function", call.Name(), "subject", call.Subject, "duration", time.Since(start)}
+			switch code := function.Code(err); {
+			case err == nil:
+				log.DebugContext(ctx, "call ok", attrs...)
+			case code < 500:
+				log.InfoContext(ctx, "call rejected", append(attrs, "code", code, "error", err)...)
+			default:
+				log.ErrorContext(ctx, "call failed", append(attrs, "code", code, "error", err)...)
+			}
+			return resp, err
+		}
+	}
+}

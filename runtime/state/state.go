@@ -1,0 +1,123 @@
+// Package state is the transport-free view of durable state that functions
+// are written against: key-value buckets of protobuf records with optimistic
+// concurrency and atomic multi-key commits, and an append-only event log. The
+// runtime's durable package implements it on JetStream.
+package state
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+)
+
+// Sentinel errors of a Store.
+var (
+	// ErrNotFound: no record under the key.
+	ErrNotFound = errors.New("record not found")
+	// ErrConflict: a record changed since it was read (revision mismatch),
+	// or a create found the key taken.
+	ErrConflict = errors.New("record changed concurrently")
+)
+
+// Store is a bucket of protobuf records. Every write names the revision it
+// expects, so concurrent writers never overwrite each other blindly.
+type Store interface {
+	// Get decodes the record under key into into and returns its revision.
+	Get(ctx context.Context, key string, into proto.Message) (rev uint64, err error)
+	// Commit applies all writes or none. Each write holds only if the key is
+	// still at its Revision (0: the key must not exist).
+	Commit(ctx context.Context, writes ...Write) error
+}
+
+// Write is one record in a Commit.
+type Write struct {
+	Key      string
+	Value    proto.Message
+	Revision uint64
+}
+
+// Put writes value under key if the key is still at rev (0: create).
+func Put(ctx context.Context, s Store, key string, value proto.Message, rev uint64) error {
+	return s.Commit(ctx, Write{Key: key, Value: value, Revision: rev})
+}
+
+// Message is satisfied by *T when T is a generated protobuf message.
+type Message[T any] interface {
+	*T
+	proto.Message
+}
+
+// Get returns the record under key as a new P.
+func Get[T any, P Message[T]](ctx context.Context, s Store, key string) (P, uint64, error) {
+	var v P = new(T)
+	rev, err := s.Get(ctx, key, v)
+	if err != nil {
+		return nil, 0, err
+	}
+	return v, rev, nil
+}
+
+// maxAttempts bounds Modify's compare-and-set loop; contention beyond it is
+// returned as ErrConflict, which callers treat as transient.
+const maxAttempts = 32
+
+// Modify reads the record under key (a new P if there is none), lets fn
+// change it and writes it back with compare-and-set, retrying when another
+// writer got there first. An error from fn aborts without writing.
+func Modify[T any, P Message[T]](ctx context.Context, s Store, key string, fn func(v P) error) (P, error) {
+	for attempt := 0; ; attempt++ {
+		v, rev, err := Get[T, P](ctx, s, key)
+		if errors.Is(err, ErrNotFound) {
+			v, rev, err = new(T), 0, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if err := fn(v); err != nil {
+			return nil, err
+		}
+		err = Put(ctx, s, key, v, rev)
+		if err == nil {
+			return v, nil
+		}
+		if !errors.Is(err, ErrConflict) || attempt+1 >= maxAttempts {
+			return nil, fmt.Errorf("modify %s: %w", key, err)
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// Event is a message for the event log.
+type Event struct {
+	// Subject carries the order id: ORDER.<order_id>.<event>.
+	Subject string
+	// ID makes publishing idempotent: the log keeps one event per ID
+	// within its duplicate window.
+	ID      string
+	Payload proto.Message
+	Header  map[string][]string
+}
+
+// Record is an event read back from the log.
+type Record struct {
+	Subject  string
+	Sequence uint64
+	Time     time.Time
+	// Type is the full protobuf name of the payload ("orders.v1.OrderCreated").
+	Type string
+	Data []byte
+}
+
+// Log is an append-only, durable event log.
+type Log interface {
+	// Append stores e and returns once it is durable. A repeat of an ID is
+	// not stored again; duplicate reports that.
+	Append(ctx context.Context, e Event) (seq uint64, duplicate bool, err error)
+	// Read returns the events whose subject matches filter, oldest first.
+	Read(ctx context.Context, filter string) ([]Record, error)
+}
