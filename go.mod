@@ -3,10 +3,12 @@ module github.com/orderflow/orderflow
 go 1.26.8
 
 require (
+	github.com/google/uuid v1.6.0
 	github.com/nats-io/nats.go v1.55.0
 	github.com/nats-io/nuid v1.0.1
 	github.com/prometheus/client_golang v1.25.0
 	github.com/synadia-io/orbit.go/jetstreamext v0.3.2
+	golang.org/x/text v0.44.0
 	google.golang.org/protobuf v1.36.12
 )
 

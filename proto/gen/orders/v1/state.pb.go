@@ -246,6 +246,96 @@ func (x *Payment) GetAttempts() int32 {
 	return 0
 }
 
+// GatewayEntry is the simulated payment gateway's own ledger, kept in bucket
+// "gateway" under the idempotency key the gateway was called with. It is the
+// gateway's truth, separate from the payments function's records.
+type GatewayEntry struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	IdempotencyKey string                 `protobuf:"bytes,1,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	Amount         *Money                 `protobuf:"bytes,2,opt,name=amount,proto3" json:"amount,omitempty"`
+	// Successful captures under this key (a repeat returns the first one).
+	Captures int32 `protobuf:"varint,3,opt,name=captures,proto3" json:"captures,omitempty"`
+	// Successful refunds under this key.
+	Refunds int32 `protobuf:"varint,4,opt,name=refunds,proto3" json:"refunds,omitempty"`
+	// Set when the gateway declined the charge.
+	Declined      bool   `protobuf:"varint,5,opt,name=declined,proto3" json:"declined,omitempty"`
+	DeclineReason string `protobuf:"bytes,6,opt,name=decline_reason,json=declineReason,proto3" json:"decline_reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayEntry) Reset() {
+	*x = GatewayEntry{}
+	mi := &file_orders_v1_state_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayEntry) ProtoMessage() {}
+
+func (x *GatewayEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_orders_v1_state_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayEntry.ProtoReflect.Descriptor instead.
+func (*GatewayEntry) Descriptor() ([]byte, []int) {
+	return file_orders_v1_state_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *GatewayEntry) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
+func (x *GatewayEntry) GetAmount() *Money {
+	if x != nil {
+		return x.Amount
+	}
+	return nil
+}
+
+func (x *GatewayEntry) GetCaptures() int32 {
+	if x != nil {
+		return x.Captures
+	}
+	return 0
+}
+
+func (x *GatewayEntry) GetRefunds() int32 {
+	if x != nil {
+		return x.Refunds
+	}
+	return 0
+}
+
+func (x *GatewayEntry) GetDeclined() bool {
+	if x != nil {
+		return x.Declined
+	}
+	return false
+}
+
+func (x *GatewayEntry) GetDeclineReason() string {
+	if x != nil {
+		return x.DeclineReason
+	}
+	return ""
+}
+
 var File_orders_v1_state_proto protoreflect.FileDescriptor
 
 const file_orders_v1_state_proto_rawDesc = "" +
@@ -269,7 +359,14 @@ const file_orders_v1_state_proto_rawDesc = "" +
 	"\x06amount\x18\x03 \x01(\v2\x10.orders.v1.MoneyR\x06amount\x120\n" +
 	"\x06status\x18\x04 \x01(\x0e2\x18.orders.v1.PaymentStatusR\x06status\x12\x16\n" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x1a\n" +
-	"\battempts\x18\x06 \x01(\x05R\battemptsB\x9d\x01\n" +
+	"\battempts\x18\x06 \x01(\x05R\battempts\"\xda\x01\n" +
+	"\fGatewayEntry\x12'\n" +
+	"\x0fidempotency_key\x18\x01 \x01(\tR\x0eidempotencyKey\x12(\n" +
+	"\x06amount\x18\x02 \x01(\v2\x10.orders.v1.MoneyR\x06amount\x12\x1a\n" +
+	"\bcaptures\x18\x03 \x01(\x05R\bcaptures\x12\x18\n" +
+	"\arefunds\x18\x04 \x01(\x05R\arefunds\x12\x1a\n" +
+	"\bdeclined\x18\x05 \x01(\bR\bdeclined\x12%\n" +
+	"\x0edecline_reason\x18\x06 \x01(\tR\rdeclineReasonB\x9d\x01\n" +
 	"\rcom.orders.v1B\n" +
 	"StateProtoP\x01Z;github.com/orderflow/orderflow/proto/gen/orders/v1;ordersv1\xa2\x02\x03OXX\xaa\x02\tOrders.V1\xca\x02\tOrders\\V1\xe2\x02\x15Orders\\V1\\GPBMetadata\xea\x02\n" +
 	"Orders::V1b\x06proto3"
@@ -286,26 +383,28 @@ func file_orders_v1_state_proto_rawDescGZIP() []byte {
 	return file_orders_v1_state_proto_rawDescData
 }
 
-var file_orders_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_orders_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_orders_v1_state_proto_goTypes = []any{
 	(*StockLevel)(nil),     // 0: orders.v1.StockLevel
 	(*Reservation)(nil),    // 1: orders.v1.Reservation
 	(*Payment)(nil),        // 2: orders.v1.Payment
-	(*OrderItem)(nil),      // 3: orders.v1.OrderItem
-	(ReservationStatus)(0), // 4: orders.v1.ReservationStatus
-	(*Money)(nil),          // 5: orders.v1.Money
-	(PaymentStatus)(0),     // 6: orders.v1.PaymentStatus
+	(*GatewayEntry)(nil),   // 3: orders.v1.GatewayEntry
+	(*OrderItem)(nil),      // 4: orders.v1.OrderItem
+	(ReservationStatus)(0), // 5: orders.v1.ReservationStatus
+	(*Money)(nil),          // 6: orders.v1.Money
+	(PaymentStatus)(0),     // 7: orders.v1.PaymentStatus
 }
 var file_orders_v1_state_proto_depIdxs = []int32{
-	3, // 0: orders.v1.Reservation.items:type_name -> orders.v1.OrderItem
-	4, // 1: orders.v1.Reservation.status:type_name -> orders.v1.ReservationStatus
-	5, // 2: orders.v1.Payment.amount:type_name -> orders.v1.Money
-	6, // 3: orders.v1.Payment.status:type_name -> orders.v1.PaymentStatus
-	4, // [4:4] is the sub-list for method output_type
-	4, // [4:4] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	4, // 0: orders.v1.Reservation.items:type_name -> orders.v1.OrderItem
+	5, // 1: orders.v1.Reservation.status:type_name -> orders.v1.ReservationStatus
+	6, // 2: orders.v1.Payment.amount:type_name -> orders.v1.Money
+	7, // 3: orders.v1.Payment.status:type_name -> orders.v1.PaymentStatus
+	6, // 4: orders.v1.GatewayEntry.amount:type_name -> orders.v1.Money
+	5, // [5:5] is the sub-list for method output_type
+	5, // [5:5] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_orders_v1_state_proto_init() }
@@ -322,7 +421,7 @@ func file_orders_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_orders_v1_state_proto_rawDesc), len(file_orders_v1_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,167 @@
+// Package createorder is the orders.create function: validate an order,
+// assign its id and publish OrderCreated, replying only after JetStream has
+// stored it.
+package createorder
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/bits"
+	"time"
+
+	"github.com/google/uuid"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/orderflow/orderflow/functions/internal/orderlog"
+	"github.com/orderflow/orderflow/functions/internal/validate"
+	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
+	"github.com/orderflow/orderflow/runtime/function"
+	"github.com/orderflow/orderflow/runtime/state"
+)
+
+// IdempotencyKeyHeader lets a client retry a create safely.
+const IdempotencyKeyHeader = "Idempotency-Key"
+
+// Limits on an order's shape.
+const (
+	MaxItems      = 100
+	MaxQuantity   = 1_000_000
+	MaxCustomerID = 128
+	maxIdemKeyLen = 255
+)
+
+// keyNamespace scopes ids derived from idempotency keys.
+var keyNamespace = uuid.MustParse("6f1b7f0e-6a43-4d0c-9a53-5b1f3f3c2a10")
+
+// New returns the orders.create function, appending to log.
+func New(log state.Log) function.Definition {
+	c := &creator{log: log, now: time.Now}
+	return function.New("create", c.create,
+		function.WithDescription("Validate an order, assign its id and publish OrderCreated; replies after the JetStream ack. Send an Idempotency-Key header to retry safely."))
+}
+
+type creator struct {
+	log state.Log
+	now func() time.Time
+}
+
+func (c *creator) create(ctx context.Context, req *ordersv1.CreateOrderRequest) (*ordersv1.CreateOrderResponse, error) {
+	total, err := Validate(req)
+	if err != nil {
+		return nil, err
+	}
+	key := function.CallFrom(ctx).Header.Get(IdempotencyKeyHeader)
+	if err := validKey(key); err != nil {
+		return nil, err
+	}
+
+	var id string
+	if key != "" {
+		// The id follows from the key, so a retry whose first reply was lost
+		// finds the first order, and concurrent retries publish one event.
+		id = uuid.NewSHA1(keyNamespace, []byte(req.GetCustomerId()+"\x00"+key)).String()
+		o, _, err := orderlog.Read(ctx, c.log, id)
+		switch {
+		case err == nil:
+			return replay(o, req, key)
+		case !errors.Is(err, function.ErrNotFound):
+			return nil, err
+		}
+	} else {
+		u, err := uuid.NewV7()
+		if err != nil {
+			return nil, fmt.Errorf("order id: %w", err)
+		}
+		id = u.String()
+	}
+
+	order := &ordersv1.Order{
+		OrderId:        id,
+		CustomerId:     req.GetCustomerId(),
+		Currency:       req.GetCurrency(),
+		Items:          req.GetItems(),
+		TotalMinor:     total,
+		Status:         ordersv1.OrderStatus_ORDER_STATUS_PENDING,
+		IdempotencyKey: key,
+		CreatedAt:      timestamppb.New(c.now()),
+	}
+	_, dup, err := c.log.Append(ctx, orderlog.Event(id, orderlog.Created, &ordersv1.OrderCreated{Order: order}))
+	if err != nil {
+		return nil, err
+	}
+	if dup {
+		// A concurrent retry with the same key stored its event first.
+		o, _, err := orderlog.Read(ctx, c.log, id)
+		if err != nil {
+			return nil, err
+		}
+		return replay(o, req, key)
+	}
+	return &ordersv1.CreateOrderResponse{OrderId: id, Status: order.Status}, nil
+}
+
+// replay answers a repeated key with the first order, unless the request
+// differs from it: reusing a key for another order is a client bug.
+func replay(o *ordersv1.Order, req *ordersv1.CreateOrderRequest, key string) (*ordersv1.CreateOrderResponse, error) {
+	same := o.GetCustomerId() == req.GetCustomerId() && o.GetCurrency() == req.GetCurrency() &&
+		len(o.GetItems()) == len(req.GetItems())
+	for i := 0; same && i < len(o.GetItems()); i++ {
+		same = proto.Equal(o.GetItems()[i], req.GetItems()[i])
+	}
+	if !same {
+		return nil, fmt.Errorf("%w: %s %q was already used for order %s with different contents", function.ErrConflict, IdempotencyKeyHeader, key, o.GetOrderId())
+	}
+	return &ordersv1.CreateOrderResponse{OrderId: o.GetOrderId(), Status: o.GetStatus()}, nil
+}
+
+// Validate checks a create request field by field and returns the order
+// total. The first fault found is reported, naming its field.
+func Validate(req *ordersv1.CreateOrderRequest) (int64, error) {
+	if err := validate.Text("customer_id", req.GetCustomerId(), MaxCustomerID); err != nil {
+		return 0, err
+	}
+	if err := validate.Currency("currency", req.GetCurrency()); err != nil {
+		return 0, err
+	}
+	items := req.GetItems()
+	if len(items) == 0 {
+		return 0, function.Invalid("items", "at least one item is required")
+	}
+	if len(items) > MaxItems {
+		return 0, function.Invalid("items", "at most %d items, got %d", MaxItems, len(items))
+	}
+	seen := make(map[string]int, len(items))
+	var total int64
+	for i, it := range items {
+		f := fmt.Sprintf("items[%d]", i)
+		if err := validate.SKU(f+".sku", it.GetSku()); err != nil {
+			return 0, err
+		}
+		if j, dup := seen[it.GetSku()]; dup {
+			return 0, function.Invalid(f+".sku", "%q already in items[%d]; put the quantity on one line", it.GetSku(), j)
+		}
+		seen[it.GetSku()] = i
+		if q := it.GetQuantity(); q <= 0 || q > MaxQuantity {
+			return 0, function.Invalid(f+".quantity", "must be 1..%d, got %d", MaxQuantity, q)
+		}
+		if p := it.GetUnitPriceMinor(); p < 0 {
+			return 0, function.Invalid(f+".unit_price_minor", "must not be negative, got %d", p)
+		}
+		hi, line := bits.Mul64(uint64(it.GetQuantity()), uint64(it.GetUnitPriceMinor()))
+		if hi != 0 || line > math.MaxInt64 || total > math.MaxInt64-int64(line) {
+			return 0, function.Invalid(f+".unit_price_minor", "order total overflows")
+		}
+		total += int64(line)
+	}
+	return total, nil
+}
+
+func validKey(key string) error {
+	if key == "" {
+		return nil
+	}
+	return validate.Text("header "+IdempotencyKeyHeader, key, maxIdemKeyLen)
+}

@@ -1,0 +1,126 @@
+// Package payments keeps the payment record of each order and charges and
+// refunds through the gateway, keyed by order id so that an order is captured
+// at most once however often a charge is retried or redelivered.
+package payments
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/orderflow/orderflow/functions/internal/gateway"
+	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
+	"github.com/orderflow/orderflow/runtime/function"
+	"github.com/orderflow/orderflow/runtime/state"
+)
+
+// Bucket is the KV bucket of payment records.
+const Bucket = "payments"
+
+// Payments is the payment ledger of orderflow.
+type Payments struct {
+	s  state.Store
+	gw *gateway.Gateway
+}
+
+// New returns the ledger kept in s, charging through gw.
+func New(s state.Store, gw *gateway.Gateway) *Payments { return &Payments{s: s, gw: gw} }
+
+// errSettled stops a Modify when the record already has its outcome.
+var errSettled = errors.New("payment settled")
+
+func settled(p *ordersv1.Payment) bool {
+	return p.GetStatus() != ordersv1.PaymentStatus_PAYMENT_STATUS_UNSPECIFIED
+}
+
+// Charge captures amount for the order once. A repeat returns the recorded
+// outcome; a gateway failure is returned as a transient error after the
+// attempt is counted, and the next call retries with the same key.
+func (p *Payments) Charge(ctx context.Context, orderID, customerID string, amount *ordersv1.Money) (*ordersv1.Payment, error) {
+	rec, err := state.Modify(ctx, p.s, orderID, func(r *ordersv1.Payment) error {
+		if r.GetOrderId() == "" {
+			r.OrderId, r.CustomerId, r.Amount = orderID, customerID, amount
+		} else if !proto.Equal(r.GetAmount(), amount) {
+			return fmt.Errorf("%w: order %s is being charged %v, not %v", function.ErrConflict, orderID, r.GetAmount(), amount)
+		}
+		if settled(r) {
+			return errSettled
+		}
+		r.Attempts++
+		return nil
+	})
+	if errors.Is(err, errSettled) {
+		return p.record(ctx, orderID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	res, err := p.gw.Capture(ctx, orderID, amount)
+	if err != nil {
+		return nil, err
+	}
+	rec, err = state.Modify(ctx, p.s, orderID, func(r *ordersv1.Payment) error {
+		if settled(r) {
+			return errSettled
+		}
+		if res.Captured {
+			r.Status = ordersv1.PaymentStatus_PAYMENT_STATUS_CHARGED
+		} else {
+			r.Status, r.Reason = ordersv1.PaymentStatus_PAYMENT_STATUS_DECLINED, res.Reason
+		}
+		return nil
+	})
+	if errors.Is(err, errSettled) {
+		return p.record(ctx, orderID)
+	}
+	return rec, err
+}
+
+// Refund returns the order's capture, if the gateway recorded one, even when
+// this ledger never learned of it (a crash after the capture, before the
+// record). Refunding twice refunds once.
+func (p *Payments) Refund(ctx context.Context, orderID, reason string) (*ordersv1.Payment, error) {
+	refunded, err := p.gw.Refund(ctx, orderID)
+	if err != nil {
+		return nil, err
+	}
+	return state.Modify(ctx, p.s, orderID, func(r *ordersv1.Payment) error {
+		r.OrderId = orderID
+		if refunded {
+			r.Status, r.Reason = ordersv1.PaymentStatus_PAYMENT_STATUS_REFUNDED, reason
+		}
+		return nil
+	})
+}
+
+func (p *Payments) record(ctx context.Context, orderID string) (*ordersv1.Payment, error) {
+	r, _, err := state.Get[ordersv1.Payment](ctx, p.s, orderID)
+	if errors.Is(err, state.ErrNotFound) {
+		return nil, fmt.Errorf("payment %s: %w", orderID, function.ErrNotFound)
+	}
+	return r, err
+}
+
+// Get reports the order's payment with the capture and refund counts of the
+// gateway's own ledger.
+func (p *Payments) Get(ctx context.Context, orderID string) (*ordersv1.GetPaymentResponse, error) {
+	r, err := p.record(ctx, orderID)
+	if err != nil {
+		return nil, err
+	}
+	e, err := p.gw.Entry(ctx, orderID)
+	if err != nil {
+		return nil, err
+	}
+	return &ordersv1.GetPaymentResponse{
+		OrderId:     orderID,
+		Status:      r.GetStatus(),
+		AmountMinor: r.GetAmount().GetAmountMinor(),
+		Currency:    r.GetAmount().GetCurrency(),
+		Attempts:    r.GetAttempts(),
+		Captures:    e.GetCaptures(),
+		Refunds:     e.GetRefunds(),
+	}, nil
+}
