@@ -29,7 +29,6 @@ const IdempotencyKeyHeader = "Idempotency-Key"
 const (
 	MaxItems      = 100
 	MaxQuantity   = 1_000_000
-	MaxCustomerID = 128
 	maxIdemKeyLen = 255
 )
 
@@ -120,7 +119,7 @@ func replay(o *ordersv1.Order, req *ordersv1.CreateOrderRequest, key string) (*o
 // Validate checks a create request field by field and returns the order
 // total. The first fault found is reported, naming its field.
 func Validate(req *ordersv1.CreateOrderRequest) (int64, error) {
-	if err := validate.Text("customer_id", req.GetCustomerId(), MaxCustomerID); err != nil {
+	if err := validate.CustomerID("customer_id", req.GetCustomerId()); err != nil {
 		return 0, err
 	}
 	if err := validate.Currency("currency", req.GetCurrency()); err != nil {

@@ -6,9 +6,11 @@ package codec
 import (
 	"bytes"
 	"strings"
+	"sync"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/orderflow/orderflow/runtime/function"
 )
@@ -68,7 +70,8 @@ func Decode(enc Encoding, body []byte, msg proto.Message) error {
 		err = binIn.Unmarshal(body, msg)
 	}
 	if err != nil {
-		return function.Invalid("body", "cannot decode %s %s: %s", enc, msg.ProtoReflect().Descriptor().Name(), trimProtoPrefix(err.Error()))
+		d := msg.ProtoReflect().Descriptor()
+		return function.Invalid("body", "cannot decode %s %s: %s", enc, d.Name(), protoNames(d, trimProtoPrefix(err.Error())))
 	}
 	return nil
 }
@@ -89,6 +92,37 @@ func Limit(body []byte, max int) error {
 	}
 	return nil
 }
+
+// protoNames rewrites the lowerCamel JSON names protojson puts in its errors
+// ("field unitPriceMinor") to the snake_case names callers send.
+func protoNames(d protoreflect.MessageDescriptor, msg string) string {
+	names, ok := jsonNames.Load(d.FullName())
+	if !ok {
+		pairs := []string{}
+		seen := map[protoreflect.FullName]bool{}
+		var walk func(protoreflect.MessageDescriptor)
+		walk = func(m protoreflect.MessageDescriptor) {
+			if seen[m.FullName()] {
+				return
+			}
+			seen[m.FullName()] = true
+			for i := 0; i < m.Fields().Len(); i++ {
+				f := m.Fields().Get(i)
+				if f.JSONName() != string(f.Name()) {
+					pairs = append(pairs, "field "+f.JSONName(), "field "+string(f.Name()))
+				}
+				if f.Message() != nil {
+					walk(f.Message())
+				}
+			}
+		}
+		walk(d)
+		names, _ = jsonNames.LoadOrStore(d.FullName(), strings.NewReplacer(pairs...))
+	}
+	return names.(*strings.Replacer).Replace(msg)
+}
+
+var jsonNames sync.Map // protoreflect.FullName -> *strings.Replacer
 
 // protobuf errors start with "proto: " (with a non-breaking space in some
 // versions, to discourage matching); drop it so the description reads well.

@@ -62,3 +62,9 @@ func Text(field, s string, max int) error {
 	}
 	return nil
 }
+
+// MaxCustomerID bounds a customer id in bytes.
+const MaxCustomerID = 128
+
+// CustomerID checks a customer id.
+func CustomerID(field, id string) error { return Text(field, id, MaxCustomerID) }

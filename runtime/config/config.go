@@ -1,0 +1,111 @@
+// Package config reads the host's settings from environment variables into
+// one struct. A bad value fails at start with a message naming the variable.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/kelseyhightower/envconfig"
+)
+
+// ErrInvalid marks a bad setting; the message names the variable.
+var ErrInvalid = errors.New("invalid configuration")
+
+// Config is every setting of a function host.
+type Config struct {
+	// NATSURL is the server to connect to; empty starts an embedded server.
+	NATSURL string `envconfig:"NATS_URL"`
+	// NATSConf is the embedded server's config file. Empty: nats.conf in the
+	// working directory if there is one, else the same settings built in.
+	NATSConf string `envconfig:"NATS_CONF"`
+	// NATSStoreDir overrides the embedded server's JetStream store_dir.
+	NATSStoreDir string `envconfig:"NATS_STORE_DIR"`
+
+	// WorkerPoolSize is how many calls each endpoint runs at once.
+	WorkerPoolSize int `envconfig:"WORKER_POOL_SIZE" default:"10"`
+	// Functions this process hosts: service names ("orders") or endpoint
+	// subjects ("orders.create"), comma separated. Empty: all.
+	Functions []string `envconfig:"FUNCTIONS"`
+	// HTTPAddr serves /healthz, /readyz and /metrics; "off" disables it.
+	HTTPAddr string `envconfig:"HTTP_ADDR" default:":8080"`
+
+	// StreamReplicas of every stream and bucket.
+	StreamReplicas int `envconfig:"STREAM_REPLICAS" default:"1"`
+	// DuplicateWindow of the event stream; must outlast the retry horizon.
+	DuplicateWindow time.Duration `envconfig:"EVENT_DUPLICATE_WINDOW" default:"1h"`
+
+	// RequestTimeout bounds one call of a function.
+	RequestTimeout time.Duration `envconfig:"REQUEST_TIMEOUT" default:"5s"`
+	// MaxRequestBytes bounds a request body.
+	MaxRequestBytes int `envconfig:"MAX_REQUEST_BYTES" default:"65536"`
+	// DrainTimeout bounds the graceful drain on SIGTERM.
+	DrainTimeout time.Duration `envconfig:"DRAIN_TIMEOUT" default:"8s"`
+
+	// LogLevel: debug, info, warn or error.
+	LogLevel slog.Level `envconfig:"LOG_LEVEL" default:"info"`
+
+	// PaymentMaxOrderMinor: the gateway declines orders above it.
+	PaymentMaxOrderMinor int64 `envconfig:"PAYMENT_MAX_ORDER_MINOR" default:"1000000"`
+	// PaymentFailureRate: probability 0..1 of a transient gateway failure.
+	PaymentFailureRate float64 `envconfig:"PAYMENT_FAILURE_RATE" default:"0"`
+	// PaymentLatency: mean duration of a gateway call.
+	PaymentLatency time.Duration `envconfig:"PAYMENT_LATENCY" default:"0s"`
+}
+
+// Load reads the environment.
+func Load() (Config, error) {
+	var c Config
+	if err := envconfig.Process("", &c); err != nil {
+		var pe *envconfig.ParseError
+		if errors.As(err, &pe) {
+			return c, fmt.Errorf("%w: %s=%q: cannot parse as %s", ErrInvalid, pe.KeyName, pe.Value, pe.TypeName)
+		}
+		return c, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	return c, c.Validate()
+}
+
+// Validate checks ranges that parsing alone cannot.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(name, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: %s: %s", ErrInvalid, name, fmt.Sprintf(format, args...)))
+	}
+	if c.WorkerPoolSize < 1 || c.WorkerPoolSize > 10000 {
+		bad("WORKER_POOL_SIZE", "must be 1..10000, got %d", c.WorkerPoolSize)
+	}
+	if c.StreamReplicas < 1 || c.StreamReplicas > 5 {
+		bad("STREAM_REPLICAS", "must be 1..5, got %d", c.StreamReplicas)
+	}
+	if c.DuplicateWindow < time.Second {
+		bad("EVENT_DUPLICATE_WINDOW", "must be at least 1s, got %s", c.DuplicateWindow)
+	}
+	if c.RequestTimeout <= 0 {
+		bad("REQUEST_TIMEOUT", "must be positive, got %s", c.RequestTimeout)
+	}
+	if c.MaxRequestBytes < 1 {
+		bad("MAX_REQUEST_BYTES", "must be positive, got %d", c.MaxRequestBytes)
+	}
+	if c.DrainTimeout <= 0 {
+		bad("DRAIN_TIMEOUT", "must be positive, got %s", c.DrainTimeout)
+	}
+	if c.HTTPAddr != "off" {
+		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+			bad("HTTP_ADDR", "%q is not host:port (or \"off\")", c.HTTPAddr)
+		}
+	}
+	if c.PaymentMaxOrderMinor < 0 {
+		bad("PAYMENT_MAX_ORDER_MINOR", "must not be negative, got %d", c.PaymentMaxOrderMinor)
+	}
+	if c.PaymentFailureRate < 0 || c.PaymentFailureRate > 1 {
+		bad("PAYMENT_FAILURE_RATE", "must be a probability 0..1, got %g", c.PaymentFailureRate)
+	}
+	if c.PaymentLatency < 0 {
+		bad("PAYMENT_LATENCY", "must not be negative, got %s", c.PaymentLatency)
+	}
+	return errors.Join(errs...)
+}

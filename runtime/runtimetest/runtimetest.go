@@ -1,0 +1,168 @@
+// Package runtimetest starts real NATS servers and calls functions over them,
+// as net/http/httptest does for HTTP. Tests never mock NATS.
+package runtimetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+)
+
+// Option adjusts the server options before start.
+type Option func(*server.Options)
+
+// WithSyncAlways makes JetStream fsync every write, as nats.conf does.
+func WithSyncAlways() Option { return func(o *server.Options) { o.SyncAlways = true } }
+
+// WithStoreDir keeps JetStream's files in dir, so a restarted server finds them.
+func WithStoreDir(dir string) Option { return func(o *server.Options) { o.StoreDir = dir } }
+
+// WithPort listens on port instead of a random one.
+func WithPort(port int) Option { return func(o *server.Options) { o.Port = port } }
+
+// StartNATS runs a JetStream server on a random port with its store in a
+// temp dir, and shuts it down when the test ends.
+func StartNATS(t testing.TB, opts ...Option) *server.Server {
+	t.Helper()
+	o := &server.Options{
+		Host:      "127.0.0.1",
+		Port:      -1,
+		JetStream: true,
+		StoreDir:  t.TempDir(),
+		NoLog:     true,
+		NoSigs:    true,
+	}
+	for _, opt := range opts {
+		opt(o)
+	}
+	s, err := server.NewServer(o)
+	if err != nil {
+		t.Fatalf("nats server: %v", err)
+	}
+	s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server not ready")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	return s
+}
+
+// Connect opens a client connection closed at the end of the test.
+func Connect(t testing.TB, s *server.Server) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(s.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// JetStream returns a JetStream context on nc.
+func JetStream(t testing.TB, nc *nats.Conn) jetstream.JetStream {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("jetstream: %v", err)
+	}
+	return js
+}
+
+// ServiceError is a micro error reply.
+type ServiceError struct {
+	Code        int
+	Description string
+}
+
+func (e *ServiceError) Error() string { return strconv.Itoa(e.Code) + ": " + e.Description }
+
+// Code returns the micro error code of err, or 0 when err is not a
+// ServiceError.
+func Code(err error) int {
+	var se *ServiceError
+	if errors.As(err, &se) {
+		return se.Code
+	}
+	return 0
+}
+
+// Encoding of a Call.
+type Encoding int
+
+const (
+	// Protobuf sends and expects binary protobuf.
+	Protobuf Encoding = iota
+	// JSON sends and expects protojson, as the nats CLI would.
+	JSON
+)
+
+// Request is one call's options.
+type Request struct {
+	Encoding Encoding
+	Header   nats.Header
+	Timeout  time.Duration
+}
+
+// Call sends req to subject and decodes the reply into a new Resp. A micro
+// error reply is returned as *ServiceError.
+func Call[Resp any, P interface {
+	*Resp
+	proto.Message
+}](ctx context.Context, nc *nats.Conn, subject string, req proto.Message, r Request) (P, error) {
+	var data []byte
+	var err error
+	if r.Encoding == JSON {
+		data, err = protojson.Marshal(req)
+	} else {
+		data, err = proto.Marshal(req)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return CallRaw[Resp, P](ctx, nc, subject, data, r)
+}
+
+// CallRaw sends a raw body, for tests of malformed input.
+func CallRaw[Resp any, P interface {
+	*Resp
+	proto.Message
+}](ctx context.Context, nc *nats.Conn, subject string, body []byte, r Request) (P, error) {
+	if r.Timeout == 0 {
+		r.Timeout = 10 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.Timeout)
+	defer cancel()
+	m := nats.NewMsg(subject)
+	m.Data = body
+	for k, v := range r.Header {
+		m.Header[k] = v
+	}
+	reply, err := nc.RequestMsgWithContext(ctx, m)
+	if err != nil {
+		return nil, fmt.Errorf("request %s: %w", subject, err)
+	}
+	if code := reply.Header.Get(micro.ErrorCodeHeader); code != "" {
+		n, _ := strconv.Atoi(code)
+		return nil, &ServiceError{Code: n, Description: reply.Header.Get(micro.ErrorHeader)}
+	}
+	var out P = new(Resp)
+	if r.Encoding == JSON {
+		err = protojson.Unmarshal(reply.Data, out)
+	} else {
+		err = proto.Unmarshal(reply.Data, out)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("decode %s reply %q: %w", subject, reply.Data, err)
+	}
+	return out, nil
+}
