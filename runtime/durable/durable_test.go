@@ -1,0 +1,175 @@
+package durable_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
+	"github.com/orderflow/orderflow/runtime/durable"
+	"github.com/orderflow/orderflow/runtime/runtimetest"
+	"github.com/orderflow/orderflow/runtime/state"
+)
+
+func openBucket(t *testing.T) *durable.Bucket {
+	t.Helper()
+	js := runtimetest.JetStream(t, runtimetest.Connect(t, runtimetest.StartNATS(t)))
+	b, err := durable.OpenBucket(context.Background(), js, "test", durable.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Opening again, as every pod does at start, changes nothing.
+	if _, err := durable.OpenBucket(context.Background(), js, "test", durable.Config{}); err != nil {
+		t.Fatalf("second open: %v", err)
+	}
+	return b
+}
+
+func level(sku string, available int32) *ordersv1.StockLevel {
+	return &ordersv1.StockLevel{Sku: sku, Available: available}
+}
+
+func TestBucketCompareAndSet(t *testing.T) {
+	ctx := context.Background()
+	b := openBucket(t)
+
+	if _, _, err := state.Get[ordersv1.StockLevel](ctx, b, "a"); !errors.Is(err, state.ErrNotFound) {
+		t.Fatalf("Get of a missing key = %v, want ErrNotFound", err)
+	}
+	if err := state.Put(ctx, b, "a", level("a", 1), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := state.Put(ctx, b, "a", level("a", 2), 0); !errors.Is(err, state.ErrConflict) {
+		t.Errorf("second create = %v, want ErrConflict", err)
+	}
+	got, rev, err := state.Get[ordersv1.StockLevel](ctx, b, "a")
+	if err != nil || got.GetAvailable() != 1 {
+		t.Fatalf("Get = %v, %v", got, err)
+	}
+	if err := state.Put(ctx, b, "a", level("a", 3), rev); err != nil {
+		t.Fatalf("update at the current revision: %v", err)
+	}
+	if err := state.Put(ctx, b, "a", level("a", 4), rev); !errors.Is(err, state.ErrConflict) {
+		t.Errorf("update at a stale revision = %v, want ErrConflict", err)
+	}
+}
+
+func TestBucketCommitIsAtomic(t *testing.T) {
+	ctx := context.Background()
+	b := openBucket(t)
+	if err := b.Commit(ctx,
+		state.Write{Key: "sku.a", Value: level("a", 5)},
+		state.Write{Key: "sku.b", Value: level("b", 5)},
+	); err != nil {
+		t.Fatalf("commit two new keys: %v", err)
+	}
+	_, revA, _ := state.Get[ordersv1.StockLevel](ctx, b, "sku.a")
+	_, revB, _ := state.Get[ordersv1.StockLevel](ctx, b, "sku.b")
+
+	// One stale revision fails the whole batch: "a" must not change either.
+	err := b.Commit(ctx,
+		state.Write{Key: "sku.a", Value: level("a", 4), Revision: revA},
+		state.Write{Key: "sku.b", Value: level("b", 4), Revision: revB - 1},
+	)
+	if !errors.Is(err, state.ErrConflict) {
+		t.Fatalf("commit with a stale revision = %v, want ErrConflict", err)
+	}
+	// So must a create of a key that exists.
+	err = b.Commit(ctx,
+		state.Write{Key: "sku.a", Value: level("a", 4), Revision: revA},
+		state.Write{Key: "sku.b", Value: level("b", 4)},
+	)
+	if !errors.Is(err, state.ErrConflict) {
+		t.Fatalf("commit creating an existing key = %v, want ErrConflict", err)
+	}
+	for _, k := range []string{"sku.a", "sku.b"} {
+		if got, _, _ := state.Get[ordersv1.StockLevel](ctx, b, k); got.GetAvailable() != 5 {
+			t.Errorf("%s = %d after failed commits, want 5", k, got.GetAvailable())
+		}
+	}
+
+	if err := b.Commit(ctx,
+		state.Write{Key: "sku.a", Value: level("a", 4), Revision: revA},
+		state.Write{Key: "sku.b", Value: level("b", 6), Revision: revB},
+	); err != nil {
+		t.Fatalf("commit at current revisions: %v", err)
+	}
+	a, _, _ := state.Get[ordersv1.StockLevel](ctx, b, "sku.a")
+	bb, _, _ := state.Get[ordersv1.StockLevel](ctx, b, "sku.b")
+	if a.GetAvailable() != 4 || bb.GetAvailable() != 6 {
+		t.Errorf("after commit a=%d b=%d, want 4 and 6", a.GetAvailable(), bb.GetAvailable())
+	}
+}
+
+func TestModifyRetriesOnConflict(t *testing.T) {
+	ctx := context.Background()
+	b := openBucket(t)
+	const writers, each = 8, 10
+	errs := make(chan error, writers)
+	for range writers {
+		go func() {
+			for range each {
+				if _, err := state.Modify(ctx, b, "n", func(l *ordersv1.StockLevel) error { l.Available++; return nil }); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range writers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, _, _ := state.Get[ordersv1.StockLevel](ctx, b, "n")
+	if got.GetAvailable() != writers*each {
+		t.Errorf("after %d concurrent increments the count is %d", writers*each, got.GetAvailable())
+	}
+}
+
+func TestLogAppendIsIdempotent(t *testing.T) {
+	ctx := context.Background()
+	js := runtimetest.JetStream(t, runtimetest.Connect(t, runtimetest.StartNATS(t)))
+	log, err := durable.OpenLog(ctx, js, durable.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := state.Event{Subject: "ORDER.o-1.created", ID: "o-1/created", Payload: &ordersv1.OrderCreated{Order: &ordersv1.Order{OrderId: "o-1"}}}
+	seq, dup, err := log.Append(ctx, ev)
+	if err != nil || dup {
+		t.Fatalf("first append: seq %d dup %v err %v", seq, dup, err)
+	}
+	seq2, dup, err := log.Append(ctx, ev)
+	if err != nil || !dup || seq2 != seq {
+		t.Errorf("repeat append: seq %d dup %v err %v, want seq %d dup true", seq2, dup, err, seq)
+	}
+	if _, _, err := log.Append(ctx, state.Event{Subject: "ORDER.o-1.confirmed", ID: "o-1/terminal", Payload: &ordersv1.OrderConfirmed{OrderId: "o-1"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := log.Append(ctx, state.Event{Subject: "ORDER.o-2.created", ID: "o-2/created", Payload: &ordersv1.OrderCreated{}}); err != nil {
+		t.Fatal(err)
+	}
+
+	recs, err := log.Read(ctx, "ORDER.o-1.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range recs {
+		got = append(got, r.Subject+" "+r.Type)
+	}
+	want := []string{"ORDER.o-1.created orders.v1.OrderCreated", "ORDER.o-1.confirmed orders.v1.OrderConfirmed"}
+	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+		t.Errorf("Read = %q, want %q", got, want)
+	}
+	var created ordersv1.OrderCreated
+	if err := proto.Unmarshal(recs[0].Data, &created); err != nil || created.GetOrder().GetOrderId() != "o-1" {
+		t.Errorf("payload = %v (%v)", &created, err)
+	}
+	if recs, err := log.Read(ctx, "ORDER.none.>"); err != nil || len(recs) != 0 {
+		t.Errorf("Read of an unknown order = %v, %v; want nothing", recs, err)
+	}
+}
