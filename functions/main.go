@@ -276,30 +276,27 @@ func tryOpenStores(ctx context.Context, js jetstream.JetStream, dc durable.Confi
 	}, nil
 }
 
-// selectFunctions keeps the registrations FUNCTIONS names: a service name
-// takes all its functions, a subject one function. Empty keeps all.
+// selectFunctions keeps the registrations FUNCTIONS names, in registry
+// order: a service name takes all its functions, a subject one function.
+// Empty keeps all; a name that matches nothing is an error.
 func selectFunctions(all []registration, names []string) ([]registration, error) {
 	if len(names) == 0 {
 		return all, nil
 	}
+	matches := func(n string, r registration) bool { return n == r.svc.Name || n == r.svc.Name+"."+r.def.Name }
 	var known []string
 	for _, r := range all {
 		known = append(known, r.svc.Name+"."+r.def.Name)
 	}
-	var out []registration
 	for _, n := range names {
-		n = strings.TrimSpace(n)
-		matched := false
-		for _, r := range all {
-			if n == r.svc.Name || n == r.svc.Name+"."+r.def.Name {
-				matched = true
-				if !slices.ContainsFunc(out, func(o registration) bool { return o.svc.Name == r.svc.Name && o.def.Name == r.def.Name }) {
-					out = append(out, r)
-				}
-			}
-		}
-		if !matched {
+		if !slices.ContainsFunc(all, func(r registration) bool { return matches(strings.TrimSpace(n), r) }) {
 			return nil, fmt.Errorf("%w: FUNCTIONS: unknown function %q (known: %s, or a service name)", config.ErrInvalid, n, strings.Join(known, ", "))
+		}
+	}
+	var out []registration
+	for _, r := range all {
+		if slices.ContainsFunc(names, func(n string) bool { return matches(strings.TrimSpace(n), r) }) {
+			out = append(out, r)
 		}
 	}
 	return out, nil

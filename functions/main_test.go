@@ -1,0 +1,464 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/orderflow/orderflow/functions/internal/orderlog"
+	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
+	"github.com/orderflow/orderflow/runtime/config"
+	"github.com/orderflow/orderflow/runtime/durable"
+	"github.com/orderflow/orderflow/runtime/runtimetest"
+)
+
+// testSystem is the whole host, in process, against a real server.
+type testSystem struct {
+	sys *system
+	nc  *nats.Conn
+	js  jetstream.JetStream
+}
+
+func testConfig(url string) config.Config {
+	c, err := config.Load()
+	if err != nil {
+		panic(err)
+	}
+	c.NATSURL = url
+	c.HTTPAddr = "127.0.0.1:0"
+	c.LogLevel = 8 // errors only: keep test output readable
+	return c
+}
+
+func startSystem(t *testing.T, mutate ...func(*config.Config)) *testSystem {
+	t.Helper()
+	srv := runtimetest.StartNATS(t)
+	cfg := testConfig(srv.ClientURL())
+	for _, m := range mutate {
+		m(&cfg)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sys, err := start(ctx, cfg, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := sys.shutdown(); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+	})
+	nc := runtimetest.Connect(t, srv)
+	return &testSystem{sys: sys, nc: nc, js: runtimetest.JetStream(t, nc)}
+}
+
+// call sends req as JSON, as `nats req` does.
+func call[Resp any, P interface {
+	*Resp
+	proto.Message
+}](t *testing.T, s *testSystem, subject string, req proto.Message, hdr ...string) (P, error) {
+	t.Helper()
+	h := nats.Header{}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		h.Set(hdr[i], hdr[i+1])
+	}
+	return runtimetest.Call[Resp, P](context.Background(), s.nc, subject, req, runtimetest.Request{Encoding: runtimetest.JSON, Header: h})
+}
+
+func must[T any](t *testing.T) func(T, error) T {
+	return func(v T, err error) T {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+}
+
+func (s *testSystem) restock(t *testing.T, sku string, n int32) {
+	t.Helper()
+	must[*ordersv1.RestockResponse](t)(call[ordersv1.RestockResponse](t, s, "inventory.restock", &ordersv1.RestockRequest{Sku: sku, Quantity: n}))
+}
+
+func (s *testSystem) events(t *testing.T) uint64 {
+	t.Helper()
+	st, err := s.js.Stream(context.Background(), durable.EventStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+func validOrder() *ordersv1.CreateOrderRequest {
+	return &ordersv1.CreateOrderRequest{
+		CustomerId: "c-1",
+		Currency:   "USD",
+		Items:      []*ordersv1.OrderItem{{Sku: "SKU-1", Quantity: 2, UnitPriceMinor: 1999}},
+	}
+}
+
+func TestOrdersCreateAndGet(t *testing.T) {
+	s := startSystem(t)
+	for _, enc := range []runtimetest.Encoding{runtimetest.JSON, runtimetest.Protobuf} {
+		created, err := runtimetest.Call[ordersv1.CreateOrderResponse](context.Background(), s.nc, "orders.create", validOrder(), runtimetest.Request{Encoding: enc})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if created.GetOrderId() == "" || created.GetStatus() != ordersv1.OrderStatus_ORDER_STATUS_PENDING {
+			t.Fatalf("create = %v", created)
+		}
+		got, err := runtimetest.Call[ordersv1.GetOrderResponse](context.Background(), s.nc, "orders.get", &ordersv1.GetOrderRequest{OrderId: created.GetOrderId()}, runtimetest.Request{Encoding: enc})
+		if err != nil {
+			t.Fatal(err)
+		}
+		o := got.GetOrder()
+		if o.GetOrderId() != created.GetOrderId() || o.GetCustomerId() != "c-1" || o.GetCurrency() != "USD" || o.GetTotalMinor() != 3998 ||
+			o.GetStatus() != ordersv1.OrderStatus_ORDER_STATUS_PENDING || len(o.GetItems()) != 1 || o.GetCreatedAt() == nil {
+			t.Errorf("get = %v", o)
+		}
+		if len(got.GetEvents()) != 1 || got.GetEvents()[0].GetType() != "OrderCreated" ||
+			got.GetEvents()[0].GetSubject() != orderlog.Subject(created.GetOrderId(), orderlog.Created) {
+			t.Errorf("events = %v", got.GetEvents())
+		}
+	}
+	// The JSON a person sees uses the proto field names and shows zeros.
+	m, err := s.nc.Request("orders.create", []byte(`{"customer_id":"c-1","currency":"USD","items":[{"sku":"SKU-1","quantity":2,"unit_price_minor":1999}]}`), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reply map[string]any
+	if err := json.Unmarshal(m.Data, &reply); err != nil || reply["order_id"] == nil || reply["status"] != "ORDER_STATUS_PENDING" {
+		t.Errorf("create reply %s (%v)", m.Data, err)
+	}
+}
+
+// Bad input gets a 400 that names the field, and stores nothing.
+func TestOrdersCreateRejectsBadInput(t *testing.T) {
+	s := startSystem(t)
+	item := func(sku string, q int32, p int64) *ordersv1.OrderItem {
+		return &ordersv1.OrderItem{Sku: sku, Quantity: q, UnitPriceMinor: p}
+	}
+	tests := []struct {
+		name  string
+		body  string // raw JSON, when set
+		req   *ordersv1.CreateOrderRequest
+		hdr   []string
+		field string
+	}{
+		{name: "garbage", body: "garbage", field: "body"},
+		{name: "truncated JSON", body: `{"customer_id":"c-1",`, field: "body"},
+		{name: "unknown field", body: `{"customer_id":"c-1","currency":"USD","items":[],"coupon":"x"}`, field: "coupon"},
+		{name: "float price", body: `{"customer_id":"c-1","currency":"USD","items":[{"sku":"A","quantity":1,"unit_price_minor":19.99}]}`, field: "unit_price_minor"},
+		{name: "empty body", body: "", field: "customer_id"},
+		{name: "no customer", req: &ordersv1.CreateOrderRequest{Currency: "USD", Items: []*ordersv1.OrderItem{item("A", 1, 1)}}, field: "customer_id"},
+		{name: "control char in customer", req: &ordersv1.CreateOrderRequest{CustomerId: "c\x00", Currency: "USD", Items: []*ordersv1.OrderItem{item("A", 1, 1)}}, field: "customer_id"},
+		{name: "missing currency", req: &ordersv1.CreateOrderRequest{CustomerId: "c", Items: []*ordersv1.OrderItem{item("A", 1, 1)}}, field: "currency"},
+		{name: "lower-case currency", req: &ordersv1.CreateOrderRequest{CustomerId: "c", Currency: "usd", Items: []*ordersv1.OrderItem{item("A", 1, 1)}}, field: "currency"},
+		{name: "unknown currency", req: &ordersv1.CreateOrderRequest{CustomerId: "c", Currency: "ABC", Items: []*ordersv1.OrderItem{item("A", 1, 1)}}, field: "currency"},
+		{name: "empty items", req: &ordersv1.CreateOrderRequest{CustomerId: "c", Currency: "USD"}, field: "items"},
+		{name: "zero quantity", req: &ordersv1.CreateOrderRequest{CustomerId: "c", Currency: "USD", Items: []*ordersv1.OrderItem{item("A", 0, 1)}}, field: "items[0].quantity"},
+		{name: "negative quantity", req: &ordersv1.CreateOrderRequest{CustomerId: "c", Currency: "USD", Items: []*ordersv1.OrderItem{item("A", 1, 1), item("B", -3, 1)}}, field: "items[1].quantity"},
+		{name: "negative price", req: &ordersv1.CreateOrderRequest{CustomerId: "c", Currency: "USD", Items: []*ordersv1.OrderItem{item("A", 1, -1)}}, field: "items[0].unit_price_minor"},
+		{name: "missing sku", req: &ordersv1.CreateOrderRequest{CustomerId: "c", Currency: "USD", Items: []*ordersv1.OrderItem{item("", 1, 1)}}, field: "items[0].sku"},
+		{name: "wildcard sku", req: &ordersv1.CreateOrderRequest{CustomerId: "c", Currency: "USD", Items: []*ordersv1.OrderItem{item("A.>", 1, 1)}}, field: "items[0].sku"},
+		{name: "duplicate sku", req: &ordersv1.CreateOrderRequest{CustomerId: "c", Currency: "USD", Items: []*ordersv1.OrderItem{item("A", 1, 1), item("A", 1, 1)}}, field: "items[1].sku"},
+		{name: "total overflows", req: &ordersv1.CreateOrderRequest{CustomerId: "c", Currency: "USD", Items: []*ordersv1.OrderItem{item("A", 1_000_000, 1<<50)}}, field: "items[0].unit_price_minor"},
+		{name: "bad idempotency key", req: validOrder(), hdr: []string{"Idempotency-Key", strings.Repeat("k", 300)}, field: "Idempotency-Key"},
+	}
+	before := s.events(t)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := nats.Header{}
+			for i := 0; i+1 < len(tt.hdr); i += 2 {
+				h.Set(tt.hdr[i], tt.hdr[i+1])
+			}
+			var err error
+			if tt.req != nil {
+				_, err = runtimetest.Call[ordersv1.CreateOrderResponse](context.Background(), s.nc, "orders.create", tt.req, runtimetest.Request{Encoding: runtimetest.JSON, Header: h})
+			} else {
+				_, err = runtimetest.CallRaw[ordersv1.CreateOrderResponse](context.Background(), s.nc, "orders.create", []byte(tt.body), runtimetest.Request{Header: h})
+			}
+			se, ok := err.(*runtimetest.ServiceError)
+			if !ok || se.Code != 400 {
+				t.Fatalf("got %v, want a 400", err)
+			}
+			if !strings.Contains(se.Description, tt.field) {
+				t.Errorf("description %q does not name %s", se.Description, tt.field)
+			}
+		})
+	}
+	if after := s.events(t); after != before {
+		t.Errorf("bad requests stored %d events", after-before)
+	}
+	// micro stats count every one of them as an error.
+	st := serviceStats(t, s.nc, "orders")
+	for _, e := range st.Endpoints {
+		if e.Name == "create" && (e.NumErrors != len(tests) || e.NumRequests != len(tests)) {
+			t.Errorf("orders.create stats: %d requests, %d errors; want %d of each", e.NumRequests, e.NumErrors, len(tests))
+		}
+	}
+}
+
+func serviceStats(t *testing.T, nc *nats.Conn, name string) micro.Stats {
+	t.Helper()
+	m, err := nc.Request("$SRV.STATS."+name, nil, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st micro.Stats
+	if err := json.Unmarshal(m.Data, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func TestIdempotencyKey(t *testing.T) {
+	s := startSystem(t)
+	const key = "Idempotency-Key"
+	before := s.events(t)
+	first := must[*ordersv1.CreateOrderResponse](t)(call[ordersv1.CreateOrderResponse](t, s, "orders.create", validOrder(), key, "k-1"))
+	again := must[*ordersv1.CreateOrderResponse](t)(call[ordersv1.CreateOrderResponse](t, s, "orders.create", validOrder(), key, "k-1"))
+	if first.GetOrderId() != again.GetOrderId() {
+		t.Errorf("same key gave orders %s and %s", first.GetOrderId(), again.GetOrderId())
+	}
+	if n := s.events(t) - before; n != 1 {
+		t.Errorf("two creates with one key stored %d events, want 1", n)
+	}
+	got := must[*ordersv1.GetOrderResponse](t)(call[ordersv1.GetOrderResponse](t, s, "orders.get", &ordersv1.GetOrderRequest{OrderId: first.GetOrderId()}))
+	if got.GetOrder().GetIdempotencyKey() != "k-1" {
+		t.Errorf("order does not record its key: %v", got.GetOrder())
+	}
+
+	// Reusing the key for another order is a client bug: 409, nothing stored.
+	other := validOrder()
+	other.Items[0].Quantity = 3
+	if _, err := call[ordersv1.CreateOrderResponse](t, s, "orders.create", other, key, "k-1"); runtimetest.Code(err) != 409 {
+		t.Errorf("same key, other order: %v, want 409", err)
+	}
+	// Keys are per customer.
+	theirs := validOrder()
+	theirs.CustomerId = "c-2"
+	if o := must[*ordersv1.CreateOrderResponse](t)(call[ordersv1.CreateOrderResponse](t, s, "orders.create", theirs, key, "k-1")); o.GetOrderId() == first.GetOrderId() {
+		t.Error("another customer's key returned the first customer's order")
+	}
+	// Without a key every create is a new order.
+	a := must[*ordersv1.CreateOrderResponse](t)(call[ordersv1.CreateOrderResponse](t, s, "orders.create", validOrder()))
+	b := must[*ordersv1.CreateOrderResponse](t)(call[ordersv1.CreateOrderResponse](t, s, "orders.create", validOrder()))
+	if a.GetOrderId() == b.GetOrderId() {
+		t.Error("two keyless creates returned one order")
+	}
+
+	// Concurrent retries with one key, as a client with a short timeout
+	// sends them, still make one order.
+	before = s.events(t)
+	ids := make(chan string, 16)
+	var wg sync.WaitGroup
+	for range cap(ids) {
+		wg.Go(func() {
+			o, err := call[ordersv1.CreateOrderResponse](t, s, "orders.create", validOrder(), key, "k-race")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			ids <- o.GetOrderId()
+		})
+	}
+	wg.Wait()
+	close(ids)
+	seen := map[string]bool{}
+	for id := range ids {
+		seen[id] = true
+	}
+	if len(seen) != 1 || s.events(t)-before != 1 {
+		t.Errorf("concurrent creates with one key: orders %v, %d events; want one of each", seen, s.events(t)-before)
+	}
+}
+
+func TestOrdersGet(t *testing.T) {
+	s := startSystem(t)
+	tests := []struct {
+		id   string
+		code int
+	}{
+		{"", 400},
+		{"a.b", 400},
+		{"ORDER.>", 400},
+		{strings.Repeat("x", 65), 400},
+		{"unknown-order", 404},
+	}
+	for _, tt := range tests {
+		_, err := call[ordersv1.GetOrderResponse](t, s, "orders.get", &ordersv1.GetOrderRequest{OrderId: tt.id})
+		if got := runtimetest.Code(err); got != tt.code {
+			t.Errorf("orders.get %q: %v, want %d", tt.id, err, tt.code)
+		}
+		if tt.code == 400 && !strings.Contains(err.Error(), "order_id") {
+			t.Errorf("orders.get %q: %v does not name order_id", tt.id, err)
+		}
+	}
+}
+
+func TestInventory(t *testing.T) {
+	s := startSystem(t)
+	got := must[*ordersv1.RestockResponse](t)(call[ordersv1.RestockResponse](t, s, "inventory.restock", &ordersv1.RestockRequest{Sku: "SKU-1", Quantity: 10}))
+	if got.GetSku() != "SKU-1" || got.GetAvailable() != 10 {
+		t.Errorf("restock = %v", got)
+	}
+	s.restock(t, "SKU-1", 5)
+	s.restock(t, "SKU-2", 1)
+
+	res := must[*ordersv1.ReserveStockResponse](t)(call[ordersv1.ReserveStockResponse](t, s, "inventory.reserve", &ordersv1.ReserveStockRequest{
+		OrderId: "o-1", Items: []*ordersv1.OrderItem{{Sku: "SKU-1", Quantity: 4}, {Sku: "SKU-2", Quantity: 1}},
+	}))
+	if res.GetStatus() != ordersv1.ReservationStatus_RESERVATION_STATUS_RESERVED {
+		t.Errorf("reserve = %v", res)
+	}
+	rej := must[*ordersv1.ReserveStockResponse](t)(call[ordersv1.ReserveStockResponse](t, s, "inventory.reserve", &ordersv1.ReserveStockRequest{
+		OrderId: "o-2", Items: []*ordersv1.OrderItem{{Sku: "SKU-1", Quantity: 1}, {Sku: "SKU-2", Quantity: 1}},
+	}))
+	if rej.GetStatus() != ordersv1.ReservationStatus_RESERVATION_STATUS_REJECTED || !strings.Contains(rej.GetReason(), "SKU-2") {
+		t.Errorf("short reserve = %v", rej)
+	}
+	lvl := must[*ordersv1.GetStockResponse](t)(call[ordersv1.GetStockResponse](t, s, "inventory.get", &ordersv1.GetStockRequest{Sku: "SKU-1"}))
+	if lvl.GetAvailable() != 11 || lvl.GetReserved() != 4 || lvl.GetSold() != 0 {
+		t.Errorf("inventory.get = %v, want 11 available, 4 reserved", lvl)
+	}
+
+	bad := []struct {
+		subject string
+		req     proto.Message
+		code    int
+		field   string
+	}{
+		{"inventory.restock", &ordersv1.RestockRequest{Quantity: 1}, 400, "sku"},
+		{"inventory.restock", &ordersv1.RestockRequest{Sku: "a b", Quantity: 1}, 400, "sku"},
+		{"inventory.restock", &ordersv1.RestockRequest{Sku: "SKU-1"}, 400, "quantity"},
+		{"inventory.restock", &ordersv1.RestockRequest{Sku: "SKU-1", Quantity: -5}, 400, "quantity"},
+		{"inventory.get", &ordersv1.GetStockRequest{}, 400, "sku"},
+		{"inventory.get", &ordersv1.GetStockRequest{Sku: "SKU-*"}, 400, "sku"},
+		{"inventory.get", &ordersv1.GetStockRequest{Sku: "NEVER-STOCKED"}, 404, "NEVER-STOCKED"},
+		{"inventory.reserve", &ordersv1.ReserveStockRequest{Items: []*ordersv1.OrderItem{{Sku: "SKU-1", Quantity: 1}}}, 400, "order_id"},
+		{"inventory.reserve", &ordersv1.ReserveStockRequest{OrderId: "o-3"}, 400, "items"},
+		{"inventory.reserve", &ordersv1.ReserveStockRequest{OrderId: "o-3", Items: []*ordersv1.OrderItem{{Sku: "SKU-1"}}}, 400, "items[0].quantity"},
+		{"inventory.reserve", &ordersv1.ReserveStockRequest{OrderId: "o-3", Items: []*ordersv1.OrderItem{{Sku: "SKU-1", Quantity: 1}, {Sku: "SKU-1", Quantity: 1}}}, 400, "items[1].sku"},
+	}
+	for _, tt := range bad {
+		_, err := runtimetest.Call[ordersv1.GetStockResponse](context.Background(), s.nc, tt.subject, tt.req, runtimetest.Request{Encoding: runtimetest.JSON})
+		se, ok := err.(*runtimetest.ServiceError)
+		if !ok || se.Code != tt.code || !strings.Contains(se.Description, tt.field) {
+			t.Errorf("%s %v: %v, want %d naming %s", tt.subject, tt.req, err, tt.code, tt.field)
+		}
+	}
+	// None of that changed the stock.
+	after := must[*ordersv1.GetStockResponse](t)(call[ordersv1.GetStockResponse](t, s, "inventory.get", &ordersv1.GetStockRequest{Sku: "SKU-1"}))
+	if !proto.Equal(after, lvl) {
+		t.Errorf("bad requests changed stock: %v, was %v", after, lvl)
+	}
+}
+
+func TestPayments(t *testing.T) {
+	s := startSystem(t, func(c *config.Config) { c.PaymentMaxOrderMinor = 5000 })
+	charge := func(order string, amount int64) (*ordersv1.ChargePaymentResponse, error) {
+		return call[ordersv1.ChargePaymentResponse](t, s, "payments.charge", &ordersv1.ChargePaymentRequest{
+			OrderId: order, CustomerId: "c-1", Amount: &ordersv1.Money{AmountMinor: amount, Currency: "USD"},
+		})
+	}
+	for range 2 {
+		r, err := charge("o-1", 3998)
+		if err != nil || r.GetStatus() != ordersv1.PaymentStatus_PAYMENT_STATUS_CHARGED {
+			t.Fatalf("charge = %v, %v", r, err)
+		}
+	}
+	if r, err := charge("o-2", 5001); err != nil || r.GetStatus() != ordersv1.PaymentStatus_PAYMENT_STATUS_DECLINED || r.GetReason() == "" {
+		t.Errorf("charge above the limit = %v, %v", r, err)
+	}
+	p := must[*ordersv1.GetPaymentResponse](t)(call[ordersv1.GetPaymentResponse](t, s, "payments.get", &ordersv1.GetPaymentRequest{OrderId: "o-1"}))
+	want := &ordersv1.GetPaymentResponse{OrderId: "o-1", Status: ordersv1.PaymentStatus_PAYMENT_STATUS_CHARGED, AmountMinor: 3998, Currency: "USD", Attempts: 1, Captures: 1}
+	if !proto.Equal(p, want) {
+		t.Errorf("payments.get = %v, want %v", p, want)
+	}
+
+	bad := []struct {
+		subject string
+		req     proto.Message
+		code    int
+		field   string
+	}{
+		{"payments.charge", &ordersv1.ChargePaymentRequest{CustomerId: "c", Amount: &ordersv1.Money{AmountMinor: 1, Currency: "USD"}}, 400, "order_id"},
+		{"payments.charge", &ordersv1.ChargePaymentRequest{OrderId: "o-9", Amount: &ordersv1.Money{AmountMinor: 1, Currency: "USD"}}, 400, "customer_id"},
+		{"payments.charge", &ordersv1.ChargePaymentRequest{OrderId: "o-9", CustomerId: "c"}, 400, "amount"},
+		{"payments.charge", &ordersv1.ChargePaymentRequest{OrderId: "o-9", CustomerId: "c", Amount: &ordersv1.Money{AmountMinor: -1, Currency: "USD"}}, 400, "amount.amount_minor"},
+		{"payments.charge", &ordersv1.ChargePaymentRequest{OrderId: "o-9", CustomerId: "c", Amount: &ordersv1.Money{AmountMinor: 1}}, 400, "amount.currency"},
+		{"payments.charge", &ordersv1.ChargePaymentRequest{OrderId: "o-1", CustomerId: "c-1", Amount: &ordersv1.Money{AmountMinor: 1, Currency: "USD"}}, 409, "o-1"},
+		{"payments.get", &ordersv1.GetPaymentRequest{}, 400, "order_id"},
+		{"payments.get", &ordersv1.GetPaymentRequest{OrderId: "o-9"}, 404, "o-9"},
+	}
+	for _, tt := range bad {
+		_, err := runtimetest.Call[ordersv1.GetPaymentResponse](context.Background(), s.nc, tt.subject, tt.req, runtimetest.Request{Encoding: runtimetest.JSON})
+		se, ok := err.(*runtimetest.ServiceError)
+		if !ok || se.Code != tt.code || !strings.Contains(se.Description, tt.field) {
+			t.Errorf("%s %v: %v, want %d naming %s", tt.subject, tt.req, err, tt.code, tt.field)
+		}
+	}
+	// The rejected charges left no payment behind.
+	if _, err := call[ordersv1.GetPaymentResponse](t, s, "payments.get", &ordersv1.GetPaymentRequest{OrderId: "o-9"}); runtimetest.Code(err) != 404 {
+		t.Errorf("rejected charges created a payment: %v", err)
+	}
+}
+
+func TestHTTPEndpoints(t *testing.T) {
+	s := startSystem(t)
+	s.restock(t, "SKU-1", 3)
+	_, _ = call[ordersv1.GetStockResponse](t, s, "inventory.get", &ordersv1.GetStockRequest{})
+	base := "http://" + s.sys.httpAddr
+	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("%s: %d %s", path, resp.StatusCode, body)
+		}
+		if path == "/metrics" {
+			for _, want := range []string{
+				`orderflow_requests_total{code="200",function="inventory.restock"} 1`,
+				`orderflow_requests_total{code="400",function="inventory.get"} 1`,
+				`orderflow_request_duration_seconds_count{function="inventory.restock"} 1`,
+				`orderflow_requests_in_flight{function="orders.create"} 0`,
+			} {
+				if !strings.Contains(string(body), want) {
+					t.Errorf("/metrics lacks %q", want)
+				}
+			}
+		}
+	}
+}
+
+func TestFunctionsSelectsWhatAPodHosts(t *testing.T) {
+	s := startSystem(t, func(c *config.Config) { c.Functions = []string{"inventory", "orders.get"} })
+	got := strings.Join(s.sys.host.Subjects(), ",")
+	if want := "orders.get,inventory.restock,inventory.get,inventory.reserve"; got != want {
+		t.Errorf("hosted %s, want %s", got, want)
+	}
+	if _, err := s.nc.Request("orders.create", []byte("{}"), 500*time.Millisecond); err != nats.ErrNoResponders {
+		t.Errorf("orders.create on a pod without it: %v, want no responders", err)
+	}
+	if _, err := selectFunctions(registry(stores{}), []string{"orders.nope"}); err == nil || !strings.Contains(err.Error(), "FUNCTIONS") {
+		t.Errorf("unknown function: %v, want an error naming FUNCTIONS", err)
+	}
+}

@@ -1,0 +1,62 @@
+package config_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/orderflow/orderflow/runtime/config"
+)
+
+func TestDefaults(t *testing.T) {
+	c, err := config.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.NATSURL != "" || c.WorkerPoolSize != 10 || c.StreamReplicas != 1 || c.HTTPAddr != ":8080" ||
+		c.PaymentMaxOrderMinor != 1_000_000 || c.DrainTimeout >= 10*time.Second || len(c.Functions) != 0 {
+		t.Errorf("defaults = %+v", c)
+	}
+}
+
+func TestParse(t *testing.T) {
+	t.Setenv("FUNCTIONS", "orders,inventory.get")
+	t.Setenv("PAYMENT_LATENCY", "300ms")
+	t.Setenv("LOG_LEVEL", "debug")
+	c, err := config.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Functions) != 2 || c.Functions[1] != "inventory.get" || c.PaymentLatency != 300*time.Millisecond || c.LogLevel.String() != "DEBUG" {
+		t.Errorf("parsed %+v", c)
+	}
+}
+
+func TestBadValuesNameTheVariable(t *testing.T) {
+	tests := []struct{ name, value string }{
+		{"WORKER_POOL_SIZE", "ten"},
+		{"WORKER_POOL_SIZE", "0"},
+		{"STREAM_REPLICAS", "7"},
+		{"PAYMENT_FAILURE_RATE", "1.5"},
+		{"PAYMENT_FAILURE_RATE", "often"},
+		{"PAYMENT_LATENCY", "300"},
+		{"PAYMENT_LATENCY", "-1s"},
+		{"REQUEST_TIMEOUT", "0s"},
+		{"HTTP_ADDR", "8080"},
+		{"LOG_LEVEL", "loud"},
+		{"EVENT_DUPLICATE_WINDOW", "1ms"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name+"="+tt.value, func(t *testing.T) {
+			t.Setenv(tt.name, tt.value)
+			_, err := config.Load()
+			if !errors.Is(err, config.ErrInvalid) {
+				t.Fatalf("Load = %v, want ErrInvalid", err)
+			}
+			if !strings.Contains(err.Error(), tt.name) {
+				t.Errorf("error %q does not name %s", err, tt.name)
+			}
+		})
+	}
+}
