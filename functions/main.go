@@ -127,6 +127,10 @@ func newLogger(cfg config.Config, out io.Writer) *slog.Logger {
 }
 
 func start(ctx context.Context, cfg config.Config, out io.Writer) (_ *system, err error) {
+	// Check FUNCTIONS before waiting on any server: a typo fails at once.
+	if _, err := selectFunctions(registry(stores{}), cfg.Functions); err != nil {
+		return nil, err
+	}
 	sys := &system{cfg: cfg, log: newLogger(cfg, out)}
 	defer func() {
 		if err != nil {

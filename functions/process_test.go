@@ -1,0 +1,352 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/orderflow/orderflow/runtime/runtimetest"
+)
+
+// These tests run the host as users do: the built binary in its own process,
+// driven with the stock nats CLI (pinned in go.mod as a tool).
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// binaries builds the host and the nats CLI once per test run. A missing
+// tool fails the test; it never skips.
+func binaries(t *testing.T) (host, natsCLI string) {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "orderflow-bin")
+		if buildErr != nil {
+			return
+		}
+		for _, b := range [][]string{
+			{"build", "-o", filepath.Join(binDir, "orderflow"), "."},
+			{"build", "-o", filepath.Join(binDir, "nats"), "github.com/nats-io/natscli/nats"},
+		} {
+			out, err := exec.Command("go", b...).CombinedOutput()
+			if err != nil {
+				buildErr = fmt.Errorf("go %s: %v\n%s", strings.Join(b, " "), err, out)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return filepath.Join(binDir, "orderflow"), filepath.Join(binDir, "nats")
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// proc is a running host binary.
+type proc struct {
+	cmd      *exec.Cmd
+	out      *lockedBuffer
+	done     chan error
+	natsURL  string
+	httpAddr string
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// startBinary runs the host in dir with env and waits for its
+// "orderflow serving" log line.
+func startBinary(t *testing.T, dir string, env ...string) *proc {
+	t.Helper()
+	bin, _ := binaries(t)
+	p := &proc{out: &lockedBuffer{}, done: make(chan error, 1)}
+	p.cmd = exec.Command(bin)
+	p.cmd.Dir = dir
+	p.cmd.Env = append(os.Environ(), append([]string{"HTTP_ADDR=127.0.0.1:0", "LOG_LEVEL=info"}, env...)...)
+	pr, pw := io.Pipe()
+	p.cmd.Stdout = pw
+	p.cmd.Stderr = p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.done <- p.cmd.Wait(); pw.Close() }()
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			line := sc.Text()
+			fmt.Fprintln(p.out, line)
+			var l struct{ Msg, NATS, HTTP string }
+			if json.Unmarshal([]byte(line), &l) == nil && l.Msg == "orderflow serving" {
+				p.natsURL, p.httpAddr = l.NATS, l.HTTP
+				close(ready)
+			}
+		}
+	}()
+	select {
+	case <-ready:
+	case err := <-p.done:
+		t.Fatalf("host exited before serving: %v\n%s", err, p.out)
+	case <-time.After(30 * time.Second):
+		p.cmd.Process.Kill()
+		t.Fatalf("host not serving after 30s:\n%s", p.out)
+	}
+	t.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	return p
+}
+
+// stop sends SIGTERM and returns the exit code and how long the drain took.
+func (p *proc) stop(t *testing.T) (int, time.Duration) {
+	t.Helper()
+	start := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-p.done:
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return ee.ExitCode(), time.Since(start)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return 0, time.Since(start)
+	case <-time.After(15 * time.Second):
+		p.cmd.Process.Kill()
+		t.Fatalf("host still running 15s after SIGTERM:\n%s", p.out)
+		return -1, 0
+	}
+}
+
+// cli runs the nats CLI against url and returns its combined output.
+func cli(t *testing.T, url string, args ...string) string {
+	t.Helper()
+	_, natsCLI := binaries(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, natsCLI, append([]string{"--server", url, "--no-context"}, args...)...)
+	cmd.Env = append(os.Environ(), "HOME="+t.TempDir(), "NO_COLOR=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("nats %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// checkTour walks the README's tour with the nats CLI.
+func checkTour(t *testing.T, p *proc) (orderID string) {
+	t.Helper()
+	var services []struct {
+		Name, Version, Description string
+	}
+	if err := json.Unmarshal([]byte(cli(t, p.natsURL, "micro", "list", "--json")), &services); err != nil {
+		t.Fatal(err)
+	}
+	versions := map[string]string{}
+	for _, s := range services {
+		versions[s.Name] = s.Version
+	}
+	for _, want := range []string{"orders", "inventory", "payments"} {
+		if versions[want] == "" {
+			t.Errorf("nats micro list lacks %s with a version: %+v", want, services)
+		}
+	}
+
+	var info struct {
+		Info struct {
+			Endpoints []struct {
+				Name, Subject string
+				Metadata      map[string]string
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(cli(t, p.natsURL, "micro", "info", "orders", "--json")), &info); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, e := range info.Info.Endpoints {
+		if e.Subject == "orders.create" {
+			found = e.Metadata["request"] == "orders.v1.CreateOrderRequest" && e.Metadata["response"] == "orders.v1.CreateOrderResponse" && e.Metadata["description"] != ""
+		}
+	}
+	if !found {
+		t.Errorf("nats micro info orders: no orders.create with its contract in metadata: %+v", info)
+	}
+
+	if out := cli(t, p.natsURL, "req", "inventory.restock", `{"sku":"SKU-1","quantity":10}`); !strings.Contains(out, `"available":10`) {
+		t.Errorf("restock: %s", out)
+	}
+	out := cli(t, p.natsURL, "req", "orders.create", `{"customer_id":"c-1","currency":"USD","items":[{"sku":"SKU-1","quantity":2,"unit_price_minor":1999}]}`)
+	var created struct{ OrderID, Status string }
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "{") {
+			var m map[string]any
+			if json.Unmarshal([]byte(line), &m) == nil {
+				created.OrderID, _ = m["order_id"].(string)
+				created.Status, _ = m["status"].(string)
+			}
+		}
+	}
+	if created.OrderID == "" || created.Status != "ORDER_STATUS_PENDING" {
+		t.Fatalf("orders.create: %s", out)
+	}
+	if out := cli(t, p.natsURL, "req", "orders.get", `{"order_id":"`+created.OrderID+`"}`); !strings.Contains(out, `"total_minor":"3998"`) || !strings.Contains(out, "OrderCreated") {
+		t.Errorf("orders.get: %s", out)
+	}
+	out = cli(t, p.natsURL, "req", "orders.create", `{"customer_id":"c-1","currency":"USD","items":[{"sku":"SKU-1","quantity":0,"unit_price_minor":1999}]}`)
+	if !strings.Contains(out, "Nats-Service-Error-Code: 400") || !strings.Contains(out, "items[0].quantity") {
+		t.Errorf("bad create: %s", out)
+	}
+	out = cli(t, p.natsURL, "micro", "stats", "orders", "--json")
+	if !strings.Contains(out, `"num_errors": 1`) {
+		t.Errorf("micro stats after one bad request: %s", out)
+	}
+
+	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+		resp, err := http.Get("http://" + p.httpAddr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("GET %s: %d", path, resp.StatusCode)
+		}
+	}
+	return created.OrderID
+}
+
+func TestBinaryWithEmbeddedServer(t *testing.T) {
+	dir := t.TempDir()
+	port := freePort(t)
+	conf := fmt.Sprintf("port: %d\nhost: 127.0.0.1\njetstream { store_dir: \"./data\", sync_interval: always }\n", port)
+	if err := os.WriteFile(filepath.Join(dir, "nats.conf"), []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startBinary(t, dir)
+	if want := fmt.Sprintf("nats://127.0.0.1:%d", port); p.natsURL != want {
+		t.Errorf("embedded server at %s, want %s from nats.conf in the working directory", p.natsURL, want)
+	}
+	id := checkTour(t, p)
+
+	code, took := p.stop(t)
+	if code != 0 || took > 10*time.Second {
+		t.Errorf("SIGTERM: exit %d after %v, want 0 within 10s\n%s", code, took, p.out)
+	}
+	if !strings.Contains(p.out.String(), `"msg":"stopped"`) {
+		t.Errorf("no drain in the log:\n%s", p.out)
+	}
+
+	// The store is in ./data of the working directory, and the order is
+	// still there after a restart.
+	if _, err := os.Stat(filepath.Join(dir, "data", "jetstream")); err != nil {
+		t.Errorf("JetStream store not in ./data: %v", err)
+	}
+	p = startBinary(t, dir)
+	if out := cli(t, p.natsURL, "req", "orders.get", `{"order_id":"`+id+`"}`); !strings.Contains(out, id) {
+		t.Errorf("order lost across a restart: %s", out)
+	}
+	if code, _ := p.stop(t); code != 0 {
+		t.Errorf("second SIGTERM: exit %d", code)
+	}
+}
+
+func TestBinaryWithExternalServer(t *testing.T) {
+	store, port := t.TempDir(), freePort(t)
+	srv := runtimetest.StartNATS(t, runtimetest.WithStoreDir(store), runtimetest.WithPort(port))
+	p := startBinary(t, t.TempDir(), "NATS_URL="+srv.ClientURL())
+	if p.natsURL != srv.ClientURL() {
+		t.Errorf("host uses %s, want NATS_URL %s", p.natsURL, srv.ClientURL())
+	}
+	checkTour(t, p)
+
+	// A server outage: the host reconnects by itself and serves again.
+	srv.Shutdown()
+	srv.WaitForShutdown()
+	runtimetest.StartNATS(t, runtimetest.WithStoreDir(store), runtimetest.WithPort(port))
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, natsCLI := binaries(t)
+		out, err := exec.Command(natsCLI, "--server", srv.ClientURL(), "--no-context", "req", "inventory.get", `{"sku":"SKU-1"}`).CombinedOutput()
+		if err == nil && strings.Contains(string(out), `"available":10`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("host did not serve again after the server came back: %s", out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if code, took := p.stop(t); code != 0 || took > 10*time.Second {
+		t.Errorf("SIGTERM: exit %d after %v", code, took)
+	}
+}
+
+func TestBinaryRejectsBadConfig(t *testing.T) {
+	bin, _ := binaries(t)
+	for _, env := range []string{"WORKER_POOL_SIZE=zero", "WORKER_POOL_SIZE=0", "FUNCTIONS=orders.nope", "PAYMENT_FAILURE_RATE=2"} {
+		cmd := exec.Command(bin)
+		cmd.Dir = t.TempDir()
+		cmd.Env = append(os.Environ(), env, "NATS_URL=nats://127.0.0.1:1", "HTTP_ADDR=off")
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() == 0 {
+			t.Errorf("%s: exit %v, want a failure\n%s", env, err, out)
+		}
+		name, _, _ := strings.Cut(env, "=")
+		if !strings.Contains(string(out), name) {
+			t.Errorf("%s: output does not name %s:\n%s", env, name, out)
+		}
+	}
+}
