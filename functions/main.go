@@ -161,7 +161,11 @@ func start(ctx context.Context, cfg config.Config, out io.Writer) (_ *system, er
 		nats.MaxReconnects(-1), // a pod outlives server restarts
 		nats.ReconnectWait(250*time.Millisecond),
 		nats.RetryOnFailedConnect(true),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { sys.log.Warn("NATS disconnected", "error", err) }),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				sys.log.Warn("NATS disconnected", "error", err)
+			}
+		}),
 		nats.ReconnectHandler(func(c *nats.Conn) { sys.log.Info("NATS reconnected", "url", c.ConnectedUrl()) }),
 	)
 	if sys.nc, err = nats.Connect(url, connOpts...); err != nil {
