@@ -537,6 +537,126 @@ func (x *OrderCancelled) GetReason() string {
 	return ""
 }
 
+// CancelRequested (ORDER.<id>.cancel_requested): the order is to be
+// cancelled, by its customer or because a step failed for good. Written only
+// while the order is not terminal; once written, the order can only end
+// CANCELLED (or REJECTED, if its stock was already rejected).
+type CancelRequested struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	OrderId       string                 `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelRequested) Reset() {
+	*x = CancelRequested{}
+	mi := &file_orders_v1_events_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelRequested) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelRequested) ProtoMessage() {}
+
+func (x *CancelRequested) ProtoReflect() protoreflect.Message {
+	mi := &file_orders_v1_events_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelRequested.ProtoReflect.Descriptor instead.
+func (*CancelRequested) Descriptor() ([]byte, []int) {
+	return file_orders_v1_events_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *CancelRequested) GetOrderId() string {
+	if x != nil {
+		return x.OrderId
+	}
+	return ""
+}
+
+func (x *CancelRequested) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// PaymentRefunded (ORDER.<id>.payment_refunded): the payment side of a
+// cancellation is settled: a capture was refunded, or the charge was voided
+// before any capture.
+type PaymentRefunded struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	OrderId string                 `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
+	// Whether money was returned (false: nothing had been captured).
+	Refunded      bool   `protobuf:"varint,2,opt,name=refunded,proto3" json:"refunded,omitempty"`
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PaymentRefunded) Reset() {
+	*x = PaymentRefunded{}
+	mi := &file_orders_v1_events_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PaymentRefunded) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PaymentRefunded) ProtoMessage() {}
+
+func (x *PaymentRefunded) ProtoReflect() protoreflect.Message {
+	mi := &file_orders_v1_events_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PaymentRefunded.ProtoReflect.Descriptor instead.
+func (*PaymentRefunded) Descriptor() ([]byte, []int) {
+	return file_orders_v1_events_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *PaymentRefunded) GetOrderId() string {
+	if x != nil {
+		return x.OrderId
+	}
+	return ""
+}
+
+func (x *PaymentRefunded) GetRefunded() bool {
+	if x != nil {
+		return x.Refunded
+	}
+	return false
+}
+
+func (x *PaymentRefunded) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 var File_orders_v1_events_proto protoreflect.FileDescriptor
 
 const file_orders_v1_events_proto_rawDesc = "" +
@@ -570,7 +690,14 @@ const file_orders_v1_events_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"C\n" +
 	"\x0eOrderCancelled\x12\x19\n" +
 	"\border_id\x18\x01 \x01(\tR\aorderId\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reasonB\x9e\x01\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"D\n" +
+	"\x0fCancelRequested\x12\x19\n" +
+	"\border_id\x18\x01 \x01(\tR\aorderId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"`\n" +
+	"\x0fPaymentRefunded\x12\x19\n" +
+	"\border_id\x18\x01 \x01(\tR\aorderId\x12\x1a\n" +
+	"\brefunded\x18\x02 \x01(\bR\brefunded\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reasonB\x9e\x01\n" +
 	"\rcom.orders.v1B\vEventsProtoP\x01Z;github.com/orderflow/orderflow/proto/gen/orders/v1;ordersv1\xa2\x02\x03OXX\xaa\x02\tOrders.V1\xca\x02\tOrders\\V1\xe2\x02\x15Orders\\V1\\GPBMetadata\xea\x02\n" +
 	"Orders::V1b\x06proto3"
 
@@ -586,7 +713,7 @@ func file_orders_v1_events_proto_rawDescGZIP() []byte {
 	return file_orders_v1_events_proto_rawDescData
 }
 
-var file_orders_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_orders_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_orders_v1_events_proto_goTypes = []any{
 	(*OrderCreated)(nil),    // 0: orders.v1.OrderCreated
 	(*StockReserved)(nil),   // 1: orders.v1.StockReserved
@@ -598,13 +725,15 @@ var file_orders_v1_events_proto_goTypes = []any{
 	(*OrderConfirmed)(nil),  // 7: orders.v1.OrderConfirmed
 	(*OrderRejected)(nil),   // 8: orders.v1.OrderRejected
 	(*OrderCancelled)(nil),  // 9: orders.v1.OrderCancelled
-	(*Order)(nil),           // 10: orders.v1.Order
-	(*Money)(nil),           // 11: orders.v1.Money
+	(*CancelRequested)(nil), // 10: orders.v1.CancelRequested
+	(*PaymentRefunded)(nil), // 11: orders.v1.PaymentRefunded
+	(*Order)(nil),           // 12: orders.v1.Order
+	(*Money)(nil),           // 13: orders.v1.Money
 }
 var file_orders_v1_events_proto_depIdxs = []int32{
-	10, // 0: orders.v1.OrderCreated.order:type_name -> orders.v1.Order
-	11, // 1: orders.v1.StockReserved.amount:type_name -> orders.v1.Money
-	11, // 2: orders.v1.PaymentCharged.amount:type_name -> orders.v1.Money
+	12, // 0: orders.v1.OrderCreated.order:type_name -> orders.v1.Order
+	13, // 1: orders.v1.StockReserved.amount:type_name -> orders.v1.Money
+	13, // 2: orders.v1.PaymentCharged.amount:type_name -> orders.v1.Money
 	3,  // [3:3] is the sub-list for method output_type
 	3,  // [3:3] is the sub-list for method input_type
 	3,  // [3:3] is the sub-list for extension type_name
@@ -624,7 +753,7 @@ func file_orders_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_orders_v1_events_proto_rawDesc), len(file_orders_v1_events_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -427,6 +427,206 @@ func (x *ReserveStockResponse) GetReason() string {
 	return ""
 }
 
+type ReleaseStockRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	OrderId       string                 `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseStockRequest) Reset() {
+	*x = ReleaseStockRequest{}
+	mi := &file_orders_v1_inventory_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseStockRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseStockRequest) ProtoMessage() {}
+
+func (x *ReleaseStockRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_orders_v1_inventory_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseStockRequest.ProtoReflect.Descriptor instead.
+func (*ReleaseStockRequest) Descriptor() ([]byte, []int) {
+	return file_orders_v1_inventory_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ReleaseStockRequest) GetOrderId() string {
+	if x != nil {
+		return x.OrderId
+	}
+	return ""
+}
+
+func (x *ReleaseStockRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type ReleaseStockResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	OrderId       string                 `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
+	Status        ReservationStatus      `protobuf:"varint,2,opt,name=status,proto3,enum=orders.v1.ReservationStatus" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseStockResponse) Reset() {
+	*x = ReleaseStockResponse{}
+	mi := &file_orders_v1_inventory_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseStockResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseStockResponse) ProtoMessage() {}
+
+func (x *ReleaseStockResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_orders_v1_inventory_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseStockResponse.ProtoReflect.Descriptor instead.
+func (*ReleaseStockResponse) Descriptor() ([]byte, []int) {
+	return file_orders_v1_inventory_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ReleaseStockResponse) GetOrderId() string {
+	if x != nil {
+		return x.OrderId
+	}
+	return ""
+}
+
+func (x *ReleaseStockResponse) GetStatus() ReservationStatus {
+	if x != nil {
+		return x.Status
+	}
+	return ReservationStatus_RESERVATION_STATUS_UNSPECIFIED
+}
+
+type SellStockRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	OrderId       string                 `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SellStockRequest) Reset() {
+	*x = SellStockRequest{}
+	mi := &file_orders_v1_inventory_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SellStockRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SellStockRequest) ProtoMessage() {}
+
+func (x *SellStockRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_orders_v1_inventory_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SellStockRequest.ProtoReflect.Descriptor instead.
+func (*SellStockRequest) Descriptor() ([]byte, []int) {
+	return file_orders_v1_inventory_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *SellStockRequest) GetOrderId() string {
+	if x != nil {
+		return x.OrderId
+	}
+	return ""
+}
+
+type SellStockResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	OrderId       string                 `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
+	Status        ReservationStatus      `protobuf:"varint,2,opt,name=status,proto3,enum=orders.v1.ReservationStatus" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SellStockResponse) Reset() {
+	*x = SellStockResponse{}
+	mi := &file_orders_v1_inventory_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SellStockResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SellStockResponse) ProtoMessage() {}
+
+func (x *SellStockResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_orders_v1_inventory_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SellStockResponse.ProtoReflect.Descriptor instead.
+func (*SellStockResponse) Descriptor() ([]byte, []int) {
+	return file_orders_v1_inventory_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *SellStockResponse) GetOrderId() string {
+	if x != nil {
+		return x.OrderId
+	}
+	return ""
+}
+
+func (x *SellStockResponse) GetStatus() ReservationStatus {
+	if x != nil {
+		return x.Status
+	}
+	return ReservationStatus_RESERVATION_STATUS_UNSPECIFIED
+}
+
 var File_orders_v1_inventory_proto protoreflect.FileDescriptor
 
 const file_orders_v1_inventory_proto_rawDesc = "" +
@@ -453,17 +653,30 @@ const file_orders_v1_inventory_proto_rawDesc = "" +
 	"\x14ReserveStockResponse\x12\x19\n" +
 	"\border_id\x18\x01 \x01(\tR\aorderId\x124\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x1c.orders.v1.ReservationStatusR\x06status\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason*\xb7\x01\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"H\n" +
+	"\x13ReleaseStockRequest\x12\x19\n" +
+	"\border_id\x18\x01 \x01(\tR\aorderId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"g\n" +
+	"\x14ReleaseStockResponse\x12\x19\n" +
+	"\border_id\x18\x01 \x01(\tR\aorderId\x124\n" +
+	"\x06status\x18\x02 \x01(\x0e2\x1c.orders.v1.ReservationStatusR\x06status\"-\n" +
+	"\x10SellStockRequest\x12\x19\n" +
+	"\border_id\x18\x01 \x01(\tR\aorderId\"d\n" +
+	"\x11SellStockResponse\x12\x19\n" +
+	"\border_id\x18\x01 \x01(\tR\aorderId\x124\n" +
+	"\x06status\x18\x02 \x01(\x0e2\x1c.orders.v1.ReservationStatusR\x06status*\xb7\x01\n" +
 	"\x11ReservationStatus\x12\"\n" +
 	"\x1eRESERVATION_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bRESERVATION_STATUS_RESERVED\x10\x01\x12\x1f\n" +
 	"\x1bRESERVATION_STATUS_REJECTED\x10\x02\x12\x1f\n" +
 	"\x1bRESERVATION_STATUS_RELEASED\x10\x03\x12\x1b\n" +
-	"\x17RESERVATION_STATUS_SOLD\x10\x042\xea\x01\n" +
+	"\x17RESERVATION_STATUS_SOLD\x10\x042\x83\x03\n" +
 	"\x10InventoryService\x12@\n" +
 	"\aRestock\x12\x19.orders.v1.RestockRequest\x1a\x1a.orders.v1.RestockResponse\x12C\n" +
 	"\bGetStock\x12\x1a.orders.v1.GetStockRequest\x1a\x1b.orders.v1.GetStockResponse\x12O\n" +
-	"\fReserveStock\x12\x1e.orders.v1.ReserveStockRequest\x1a\x1f.orders.v1.ReserveStockResponseB\xa1\x01\n" +
+	"\fReserveStock\x12\x1e.orders.v1.ReserveStockRequest\x1a\x1f.orders.v1.ReserveStockResponse\x12O\n" +
+	"\fReleaseStock\x12\x1e.orders.v1.ReleaseStockRequest\x1a\x1f.orders.v1.ReleaseStockResponse\x12F\n" +
+	"\tSellStock\x12\x1b.orders.v1.SellStockRequest\x1a\x1c.orders.v1.SellStockResponseB\xa1\x01\n" +
 	"\rcom.orders.v1B\x0eInventoryProtoP\x01Z;github.com/orderflow/orderflow/proto/gen/orders/v1;ordersv1\xa2\x02\x03OXX\xaa\x02\tOrders.V1\xca\x02\tOrders\\V1\xe2\x02\x15Orders\\V1\\GPBMetadata\xea\x02\n" +
 	"Orders::V1b\x06proto3"
 
@@ -480,7 +693,7 @@ func file_orders_v1_inventory_proto_rawDescGZIP() []byte {
 }
 
 var file_orders_v1_inventory_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_orders_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_orders_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_orders_v1_inventory_proto_goTypes = []any{
 	(ReservationStatus)(0),       // 0: orders.v1.ReservationStatus
 	(*RestockRequest)(nil),       // 1: orders.v1.RestockRequest
@@ -489,22 +702,32 @@ var file_orders_v1_inventory_proto_goTypes = []any{
 	(*GetStockResponse)(nil),     // 4: orders.v1.GetStockResponse
 	(*ReserveStockRequest)(nil),  // 5: orders.v1.ReserveStockRequest
 	(*ReserveStockResponse)(nil), // 6: orders.v1.ReserveStockResponse
-	(*OrderItem)(nil),            // 7: orders.v1.OrderItem
+	(*ReleaseStockRequest)(nil),  // 7: orders.v1.ReleaseStockRequest
+	(*ReleaseStockResponse)(nil), // 8: orders.v1.ReleaseStockResponse
+	(*SellStockRequest)(nil),     // 9: orders.v1.SellStockRequest
+	(*SellStockResponse)(nil),    // 10: orders.v1.SellStockResponse
+	(*OrderItem)(nil),            // 11: orders.v1.OrderItem
 }
 var file_orders_v1_inventory_proto_depIdxs = []int32{
-	7, // 0: orders.v1.ReserveStockRequest.items:type_name -> orders.v1.OrderItem
-	0, // 1: orders.v1.ReserveStockResponse.status:type_name -> orders.v1.ReservationStatus
-	1, // 2: orders.v1.InventoryService.Restock:input_type -> orders.v1.RestockRequest
-	3, // 3: orders.v1.InventoryService.GetStock:input_type -> orders.v1.GetStockRequest
-	5, // 4: orders.v1.InventoryService.ReserveStock:input_type -> orders.v1.ReserveStockRequest
-	2, // 5: orders.v1.InventoryService.Restock:output_type -> orders.v1.RestockResponse
-	4, // 6: orders.v1.InventoryService.GetStock:output_type -> orders.v1.GetStockResponse
-	6, // 7: orders.v1.InventoryService.ReserveStock:output_type -> orders.v1.ReserveStockResponse
-	5, // [5:8] is the sub-list for method output_type
-	2, // [2:5] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	11, // 0: orders.v1.ReserveStockRequest.items:type_name -> orders.v1.OrderItem
+	0,  // 1: orders.v1.ReserveStockResponse.status:type_name -> orders.v1.ReservationStatus
+	0,  // 2: orders.v1.ReleaseStockResponse.status:type_name -> orders.v1.ReservationStatus
+	0,  // 3: orders.v1.SellStockResponse.status:type_name -> orders.v1.ReservationStatus
+	1,  // 4: orders.v1.InventoryService.Restock:input_type -> orders.v1.RestockRequest
+	3,  // 5: orders.v1.InventoryService.GetStock:input_type -> orders.v1.GetStockRequest
+	5,  // 6: orders.v1.InventoryService.ReserveStock:input_type -> orders.v1.ReserveStockRequest
+	7,  // 7: orders.v1.InventoryService.ReleaseStock:input_type -> orders.v1.ReleaseStockRequest
+	9,  // 8: orders.v1.InventoryService.SellStock:input_type -> orders.v1.SellStockRequest
+	2,  // 9: orders.v1.InventoryService.Restock:output_type -> orders.v1.RestockResponse
+	4,  // 10: orders.v1.InventoryService.GetStock:output_type -> orders.v1.GetStockResponse
+	6,  // 11: orders.v1.InventoryService.ReserveStock:output_type -> orders.v1.ReserveStockResponse
+	8,  // 12: orders.v1.InventoryService.ReleaseStock:output_type -> orders.v1.ReleaseStockResponse
+	10, // 13: orders.v1.InventoryService.SellStock:output_type -> orders.v1.SellStockResponse
+	9,  // [9:14] is the sub-list for method output_type
+	4,  // [4:9] is the sub-list for method input_type
+	4,  // [4:4] is the sub-list for extension type_name
+	4,  // [4:4] is the sub-list for extension extendee
+	0,  // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_orders_v1_inventory_proto_init() }
@@ -519,7 +742,7 @@ func file_orders_v1_inventory_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_orders_v1_inventory_proto_rawDesc), len(file_orders_v1_inventory_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   6,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

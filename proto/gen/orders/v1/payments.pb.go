@@ -32,6 +32,8 @@ const (
 	PaymentStatus_PAYMENT_STATUS_DECLINED PaymentStatus = 2
 	// The capture was refunded.
 	PaymentStatus_PAYMENT_STATUS_REFUNDED PaymentStatus = 3
+	// Cancelled before any capture; the gateway declines a later charge.
+	PaymentStatus_PAYMENT_STATUS_VOIDED PaymentStatus = 4
 )
 
 // Enum value maps for PaymentStatus.
@@ -41,12 +43,14 @@ var (
 		1: "PAYMENT_STATUS_CHARGED",
 		2: "PAYMENT_STATUS_DECLINED",
 		3: "PAYMENT_STATUS_REFUNDED",
+		4: "PAYMENT_STATUS_VOIDED",
 	}
 	PaymentStatus_value = map[string]int32{
 		"PAYMENT_STATUS_UNSPECIFIED": 0,
 		"PAYMENT_STATUS_CHARGED":     1,
 		"PAYMENT_STATUS_DECLINED":    2,
 		"PAYMENT_STATUS_REFUNDED":    3,
+		"PAYMENT_STATUS_VOIDED":      4,
 	}
 )
 
@@ -337,6 +341,119 @@ func (x *GetPaymentResponse) GetRefunds() int32 {
 	return 0
 }
 
+type RefundPaymentRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	OrderId       string                 `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RefundPaymentRequest) Reset() {
+	*x = RefundPaymentRequest{}
+	mi := &file_orders_v1_payments_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RefundPaymentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RefundPaymentRequest) ProtoMessage() {}
+
+func (x *RefundPaymentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_orders_v1_payments_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RefundPaymentRequest.ProtoReflect.Descriptor instead.
+func (*RefundPaymentRequest) Descriptor() ([]byte, []int) {
+	return file_orders_v1_payments_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RefundPaymentRequest) GetOrderId() string {
+	if x != nil {
+		return x.OrderId
+	}
+	return ""
+}
+
+func (x *RefundPaymentRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RefundPaymentResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	OrderId string                 `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
+	Status  PaymentStatus          `protobuf:"varint,2,opt,name=status,proto3,enum=orders.v1.PaymentStatus" json:"status,omitempty"`
+	// Whether money was returned (false: the charge was voided).
+	Refunded      bool `protobuf:"varint,3,opt,name=refunded,proto3" json:"refunded,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RefundPaymentResponse) Reset() {
+	*x = RefundPaymentResponse{}
+	mi := &file_orders_v1_payments_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RefundPaymentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RefundPaymentResponse) ProtoMessage() {}
+
+func (x *RefundPaymentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_orders_v1_payments_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RefundPaymentResponse.ProtoReflect.Descriptor instead.
+func (*RefundPaymentResponse) Descriptor() ([]byte, []int) {
+	return file_orders_v1_payments_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *RefundPaymentResponse) GetOrderId() string {
+	if x != nil {
+		return x.OrderId
+	}
+	return ""
+}
+
+func (x *RefundPaymentResponse) GetStatus() PaymentStatus {
+	if x != nil {
+		return x.Status
+	}
+	return PaymentStatus_PAYMENT_STATUS_UNSPECIFIED
+}
+
+func (x *RefundPaymentResponse) GetRefunded() bool {
+	if x != nil {
+		return x.Refunded
+	}
+	return false
+}
+
 var File_orders_v1_payments_proto protoreflect.FileDescriptor
 
 const file_orders_v1_payments_proto_rawDesc = "" +
@@ -360,16 +477,25 @@ const file_orders_v1_payments_proto_rawDesc = "" +
 	"\bcurrency\x18\x04 \x01(\tR\bcurrency\x12\x1a\n" +
 	"\battempts\x18\x05 \x01(\x05R\battempts\x12\x1a\n" +
 	"\bcaptures\x18\x06 \x01(\x05R\bcaptures\x12\x18\n" +
-	"\arefunds\x18\a \x01(\x05R\arefunds*\x85\x01\n" +
+	"\arefunds\x18\a \x01(\x05R\arefunds\"I\n" +
+	"\x14RefundPaymentRequest\x12\x19\n" +
+	"\border_id\x18\x01 \x01(\tR\aorderId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x80\x01\n" +
+	"\x15RefundPaymentResponse\x12\x19\n" +
+	"\border_id\x18\x01 \x01(\tR\aorderId\x120\n" +
+	"\x06status\x18\x02 \x01(\x0e2\x18.orders.v1.PaymentStatusR\x06status\x12\x1a\n" +
+	"\brefunded\x18\x03 \x01(\bR\brefunded*\xa0\x01\n" +
 	"\rPaymentStatus\x12\x1e\n" +
 	"\x1aPAYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16PAYMENT_STATUS_CHARGED\x10\x01\x12\x1b\n" +
 	"\x17PAYMENT_STATUS_DECLINED\x10\x02\x12\x1b\n" +
-	"\x17PAYMENT_STATUS_REFUNDED\x10\x032\xb0\x01\n" +
+	"\x17PAYMENT_STATUS_REFUNDED\x10\x03\x12\x19\n" +
+	"\x15PAYMENT_STATUS_VOIDED\x10\x042\x84\x02\n" +
 	"\x0fPaymentsService\x12R\n" +
 	"\rChargePayment\x12\x1f.orders.v1.ChargePaymentRequest\x1a .orders.v1.ChargePaymentResponse\x12I\n" +
 	"\n" +
-	"GetPayment\x12\x1c.orders.v1.GetPaymentRequest\x1a\x1d.orders.v1.GetPaymentResponseB\xa0\x01\n" +
+	"GetPayment\x12\x1c.orders.v1.GetPaymentRequest\x1a\x1d.orders.v1.GetPaymentResponse\x12R\n" +
+	"\rRefundPayment\x12\x1f.orders.v1.RefundPaymentRequest\x1a .orders.v1.RefundPaymentResponseB\xa0\x01\n" +
 	"\rcom.orders.v1B\rPaymentsProtoP\x01Z;github.com/orderflow/orderflow/proto/gen/orders/v1;ordersv1\xa2\x02\x03OXX\xaa\x02\tOrders.V1\xca\x02\tOrders\\V1\xe2\x02\x15Orders\\V1\\GPBMetadata\xea\x02\n" +
 	"Orders::V1b\x06proto3"
 
@@ -386,28 +512,33 @@ func file_orders_v1_payments_proto_rawDescGZIP() []byte {
 }
 
 var file_orders_v1_payments_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_orders_v1_payments_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_orders_v1_payments_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_orders_v1_payments_proto_goTypes = []any{
 	(PaymentStatus)(0),            // 0: orders.v1.PaymentStatus
 	(*ChargePaymentRequest)(nil),  // 1: orders.v1.ChargePaymentRequest
 	(*ChargePaymentResponse)(nil), // 2: orders.v1.ChargePaymentResponse
 	(*GetPaymentRequest)(nil),     // 3: orders.v1.GetPaymentRequest
 	(*GetPaymentResponse)(nil),    // 4: orders.v1.GetPaymentResponse
-	(*Money)(nil),                 // 5: orders.v1.Money
+	(*RefundPaymentRequest)(nil),  // 5: orders.v1.RefundPaymentRequest
+	(*RefundPaymentResponse)(nil), // 6: orders.v1.RefundPaymentResponse
+	(*Money)(nil),                 // 7: orders.v1.Money
 }
 var file_orders_v1_payments_proto_depIdxs = []int32{
-	5, // 0: orders.v1.ChargePaymentRequest.amount:type_name -> orders.v1.Money
+	7, // 0: orders.v1.ChargePaymentRequest.amount:type_name -> orders.v1.Money
 	0, // 1: orders.v1.ChargePaymentResponse.status:type_name -> orders.v1.PaymentStatus
 	0, // 2: orders.v1.GetPaymentResponse.status:type_name -> orders.v1.PaymentStatus
-	1, // 3: orders.v1.PaymentsService.ChargePayment:input_type -> orders.v1.ChargePaymentRequest
-	3, // 4: orders.v1.PaymentsService.GetPayment:input_type -> orders.v1.GetPaymentRequest
-	2, // 5: orders.v1.PaymentsService.ChargePayment:output_type -> orders.v1.ChargePaymentResponse
-	4, // 6: orders.v1.PaymentsService.GetPayment:output_type -> orders.v1.GetPaymentResponse
-	5, // [5:7] is the sub-list for method output_type
-	3, // [3:5] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	0, // 3: orders.v1.RefundPaymentResponse.status:type_name -> orders.v1.PaymentStatus
+	1, // 4: orders.v1.PaymentsService.ChargePayment:input_type -> orders.v1.ChargePaymentRequest
+	3, // 5: orders.v1.PaymentsService.GetPayment:input_type -> orders.v1.GetPaymentRequest
+	5, // 6: orders.v1.PaymentsService.RefundPayment:input_type -> orders.v1.RefundPaymentRequest
+	2, // 7: orders.v1.PaymentsService.ChargePayment:output_type -> orders.v1.ChargePaymentResponse
+	4, // 8: orders.v1.PaymentsService.GetPayment:output_type -> orders.v1.GetPaymentResponse
+	6, // 9: orders.v1.PaymentsService.RefundPayment:output_type -> orders.v1.RefundPaymentResponse
+	7, // [7:10] is the sub-list for method output_type
+	4, // [4:7] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_orders_v1_payments_proto_init() }
@@ -422,7 +553,7 @@ func file_orders_v1_payments_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_orders_v1_payments_proto_rawDesc), len(file_orders_v1_payments_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   4,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

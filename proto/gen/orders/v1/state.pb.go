@@ -260,6 +260,9 @@ type GatewayEntry struct {
 	// Set when the gateway declined the charge.
 	Declined      bool   `protobuf:"varint,5,opt,name=declined,proto3" json:"declined,omitempty"`
 	DeclineReason string `protobuf:"bytes,6,opt,name=decline_reason,json=declineReason,proto3" json:"decline_reason,omitempty"`
+	// Set when the key was refunded before any capture: a later capture under
+	// it is declined, so a cancel can never race a charge into a capture.
+	Voided        bool `protobuf:"varint,7,opt,name=voided,proto3" json:"voided,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -336,6 +339,13 @@ func (x *GatewayEntry) GetDeclineReason() string {
 	return ""
 }
 
+func (x *GatewayEntry) GetVoided() bool {
+	if x != nil {
+		return x.Voided
+	}
+	return false
+}
+
 var File_orders_v1_state_proto protoreflect.FileDescriptor
 
 const file_orders_v1_state_proto_rawDesc = "" +
@@ -359,14 +369,15 @@ const file_orders_v1_state_proto_rawDesc = "" +
 	"\x06amount\x18\x03 \x01(\v2\x10.orders.v1.MoneyR\x06amount\x120\n" +
 	"\x06status\x18\x04 \x01(\x0e2\x18.orders.v1.PaymentStatusR\x06status\x12\x16\n" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x1a\n" +
-	"\battempts\x18\x06 \x01(\x05R\battempts\"\xda\x01\n" +
+	"\battempts\x18\x06 \x01(\x05R\battempts\"\xf2\x01\n" +
 	"\fGatewayEntry\x12'\n" +
 	"\x0fidempotency_key\x18\x01 \x01(\tR\x0eidempotencyKey\x12(\n" +
 	"\x06amount\x18\x02 \x01(\v2\x10.orders.v1.MoneyR\x06amount\x12\x1a\n" +
 	"\bcaptures\x18\x03 \x01(\x05R\bcaptures\x12\x18\n" +
 	"\arefunds\x18\x04 \x01(\x05R\arefunds\x12\x1a\n" +
 	"\bdeclined\x18\x05 \x01(\bR\bdeclined\x12%\n" +
-	"\x0edecline_reason\x18\x06 \x01(\tR\rdeclineReasonB\x9d\x01\n" +
+	"\x0edecline_reason\x18\x06 \x01(\tR\rdeclineReason\x12\x16\n" +
+	"\x06voided\x18\a \x01(\bR\x06voidedB\x9d\x01\n" +
 	"\rcom.orders.v1B\n" +
 	"StateProtoP\x01Z;github.com/orderflow/orderflow/proto/gen/orders/v1;ordersv1\xa2\x02\x03OXX\xaa\x02\tOrders.V1\xca\x02\tOrders\\V1\xe2\x02\x15Orders\\V1\\GPBMetadata\xea\x02\n" +
 	"Orders::V1b\x06proto3"
