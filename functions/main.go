@@ -204,7 +204,7 @@ func start(ctx context.Context, cfg config.Config, out io.Writer) (_ *system, er
 			return nil, err
 		}
 	}
-	if err := sys.host.Start(); err != nil {
+	if err := sys.host.Start(ctx); err != nil {
 		return nil, err
 	}
 

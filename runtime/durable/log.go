@@ -42,7 +42,13 @@ func (l *Log) Append(ctx context.Context, e state.Event) (uint64, bool, error) {
 	if e.ID != "" {
 		opts = append(opts, jetstream.WithMsgID(e.ID))
 	}
+	if e.IfLast != nil {
+		opts = append(opts, jetstream.WithExpectLastSequenceForSubject(e.IfLast.Sequence, e.IfLast.Filter))
+	}
 	ack, err := l.js.PublishMsg(ctx, m, opts...)
+	if isConflict(err) {
+		return 0, false, fmt.Errorf("publish %s: %w", e.Subject, state.ErrConflict)
+	}
 	if err != nil {
 		return 0, false, fmt.Errorf("publish %s: %w", e.Subject, err)
 	}

@@ -22,6 +22,12 @@ type Call struct {
 	Subject string
 	// Header of the incoming message.
 	Header Header
+	// Attempt counts deliveries of a triggering message (1 on the first);
+	// it is 1 for requests.
+	Attempt int
+	// Trigger is the durable consumer that delivered the message, or ""
+	// for a request.
+	Trigger string
 }
 
 // Name is "<service>.<function>", the subject of the function's endpoint.

@@ -10,6 +10,8 @@ import (
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/orderflow/orderflow/runtime/retry"
 )
 
 // Handler is the type-erased form of a function that the host dispatches to
@@ -53,7 +55,54 @@ type Definition struct {
 	Handler Handler
 	// Middleware wraps this function only, inside the host's own chain.
 	Middleware []Middleware
+	// Triggers run the function on JetStream messages too.
+	Triggers []Trigger
+	// Retry is the function's retry policy; nil takes the host's default.
+	// Config may override it per function.
+	Retry *retry.Policy
 }
+
+// Trigger runs an event handler of a function on the messages of a stream
+// that match Subject, through a durable consumer that every pod hosting the
+// function shares, so each message is handled by one pod.
+type Trigger struct {
+	// Stream holds the messages; Subject filters them ("ORDER.*.created").
+	Stream, Subject string
+	// Durable names the consumer ("inventory-reserve").
+	Durable string
+	// Event describes the message payload; NewEvent allocates one.
+	Event    protoreflect.MessageDescriptor
+	NewEvent func() proto.Message
+	// Handler runs on each message; it returns a nil response.
+	Handler Handler
+}
+
+// On makes fn run for every message on subject in stream, through the
+// durable consumer named durable. An error from fn is retried with the
+// function's policy (permanent errors are not) and, when the attempts are
+// spent, the message goes to the dead-letter stream.
+func On[E any, PE Message[E]](stream, subject, durable string, fn func(context.Context, PE) error) Option {
+	var zero PE = new(E)
+	return func(d *Definition) {
+		d.Triggers = append(d.Triggers, Trigger{
+			Stream:   stream,
+			Subject:  subject,
+			Durable:  durable,
+			Event:    zero.ProtoReflect().Descriptor(),
+			NewEvent: func() proto.Message { return PE(new(E)) },
+			Handler: func(ctx context.Context, ev proto.Message) (proto.Message, error) {
+				in, ok := ev.(PE)
+				if !ok {
+					return nil, fmt.Errorf("trigger %s: event is %T, want %T", durable, ev, zero)
+				}
+				return nil, fn(ctx, in)
+			},
+		})
+	}
+}
+
+// WithRetry sets the function's retry policy.
+func WithRetry(p retry.Policy) Option { return func(d *Definition) { d.Retry = &p } }
 
 // Option configures a Definition.
 type Option func(*Definition)

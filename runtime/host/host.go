@@ -21,10 +21,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/nats-io/nuid"
 
 	"github.com/orderflow/orderflow/runtime/function"
+	"github.com/orderflow/orderflow/runtime/middleware"
 )
 
 // QueueGroup is the queue group every endpoint subscribes in, as in micro, so
@@ -42,13 +44,17 @@ var (
 // Host serves functions on one NATS connection.
 type Host struct {
 	nc   *nats.Conn
+	js   jetstream.JetStream
 	opts options
 
 	mu       sync.Mutex
 	services []*service
 	started  bool
 	verbSubs []*nats.Subscription
-	wg       sync.WaitGroup // calls in flight
+	triggers []*trigger
+	// consuming is set once the triggers' consume loops run.
+	consuming bool
+	wg        sync.WaitGroup // calls and messages in flight
 }
 
 // New returns a Host on nc, which the caller owns and closes after Drain.
@@ -62,7 +68,11 @@ func New(nc *nats.Conn, opts ...Option) (*Host, error) {
 			return nil, err
 		}
 	}
-	return &Host{nc: nc, opts: o}, nil
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	return &Host{nc: nc, js: js, opts: o}, nil
 }
 
 var semverRE = regexp.MustCompile(`^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$`)
@@ -95,18 +105,49 @@ func (h *Host) Add(svc function.Service, def function.Definition) error {
 			return fmt.Errorf("%w: %s registered twice", ErrConfig, subject)
 		}
 	}
-	chain := append(slices.Clone(h.opts.middleware), def.Middleware...)
+	policy := h.opts.retry
+	if def.Retry != nil {
+		policy = *def.Retry
+	}
+	if p, ok := h.opts.retryFor[subject]; ok {
+		policy = p
+	}
+	// Requests retry in process, within their deadline; triggered messages
+	// retry by redelivery, so their chain has no Retry.
+	reqChain := append(append(slices.Clone(h.opts.middleware), middleware.Retry(policy)), def.Middleware...)
+	msgChain := append(slices.Clone(h.opts.middleware), def.Middleware...)
 	e := &endpoint{
 		svc:     s,
 		def:     def,
 		subject: subject,
-		handler: function.Chain(def.Handler, chain...),
+		handler: function.Chain(def.Handler, reqChain...),
 		slots:   make(chan struct{}, h.opts.workers),
 		metrics: h.opts.metrics.forFunction(subject),
 		log:     h.opts.log,
 		limit:   h.opts.maxBody,
 	}
 	e.stats.Name, e.stats.Subject, e.stats.QueueGroup = def.Name, subject, QueueGroup
+	for _, t := range def.Triggers {
+		if t.Stream == "" || t.Subject == "" || t.Durable == "" || t.Handler == nil {
+			return fmt.Errorf("%w: %s: trigger needs a stream, subject, durable name and handler", ErrConfig, subject)
+		}
+		for _, other := range h.triggers {
+			if other.t.Durable == t.Durable {
+				return fmt.Errorf("%w: %s: consumer %s is used twice", ErrConfig, subject, t.Durable)
+			}
+		}
+		h.triggers = append(h.triggers, &trigger{
+			e:       e,
+			t:       t,
+			handler: function.Chain(t.Handler, msgChain...),
+			policy:  policy,
+			ackWait: h.opts.ackWait,
+			dead:    h.opts.dead,
+			log:     h.opts.log,
+			metrics: h.opts.metrics.forTrigger(subject, t.Durable),
+			done:    make(chan struct{}),
+		})
+	}
 	s.endpoints = append(s.endpoints, e)
 	return nil
 }
@@ -138,15 +179,31 @@ func (h *Host) Subjects() []string {
 	return out
 }
 
-// Start subscribes every endpoint and the discovery verbs. It returns once
-// the server has the subscriptions, so a request sent after Start is served.
-func (h *Host) Start() error {
+// Start binds every trigger's consumer, then subscribes every endpoint and
+// the discovery verbs. It returns once the server has the subscriptions, so a
+// request sent after Start is served.
+func (h *Host) Start(ctx context.Context) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.started {
 		return ErrStarted
 	}
 	h.started = true
+	if len(h.triggers) > 0 && h.opts.dead == nil {
+		return fmt.Errorf("%w: functions with triggers need a dead-letter sink (WithDeadLetters)", ErrConfig)
+	}
+	consumers := make([]jetstream.Consumer, len(h.triggers))
+	for i, tr := range h.triggers {
+		c, err := tr.bind(ctx, h.js)
+		if err != nil {
+			return err
+		}
+		consumers[i] = c
+	}
+	for i, tr := range h.triggers {
+		go tr.run(h.js, consumers[i], &h.wg)
+	}
+	h.consuming = true
 	for _, s := range h.services {
 		s.started = time.Now().UTC()
 		for _, e := range s.endpoints {
@@ -195,8 +252,15 @@ func (h *Host) Drain(ctx context.Context) error {
 		}
 	}
 	subs = append(subs, h.verbSubs...)
+	var triggers []*trigger
+	if h.consuming {
+		triggers = slices.Clone(h.triggers)
+	}
 	h.mu.Unlock()
 
+	for _, tr := range triggers {
+		tr.drain()
+	}
 	var errs []error
 	closed := make([]<-chan nats.SubStatus, 0, len(subs))
 	for _, sub := range subs {
@@ -210,6 +274,13 @@ func (h *Host) Drain(ctx context.Context) error {
 	for _, ch := range closed {
 		select {
 		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	for _, tr := range triggers {
+		select {
+		case <-tr.done:
 		case <-ctx.Done():
 			return ctx.Err()
 		}

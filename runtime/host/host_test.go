@@ -58,7 +58,7 @@ func startHost(t *testing.T, nc *nats.Conn, defs []function.Definition, opts ...
 			t.Fatal(err)
 		}
 	}
-	if err := h.Start(); err != nil {
+	if err := h.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = h.Drain(context.Background()) })

@@ -12,6 +12,8 @@ type Metrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	inFlight *prometheus.GaugeVec
+	messages *prometheus.CounterVec
+	msgTime  *prometheus.HistogramVec
 }
 
 // NewMetrics creates the collectors and registers them with reg (nil: not
@@ -31,11 +33,35 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "orderflow", Name: "requests_in_flight",
 			Help: "Requests being processed now.",
 		}, []string{"function"}),
+		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "orderflow", Name: "messages_total",
+			Help: "Triggered messages handled per function and consumer, by outcome: ack, retry (scheduled again) or dead_letter.",
+		}, []string{"function", "consumer", "outcome"}),
+		msgTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "orderflow", Name: "message_duration_seconds",
+			Help:    "Time to handle one delivery of a triggered message.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}, []string{"function", "consumer"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.duration, m.inFlight)
+		reg.MustRegister(m.requests, m.duration, m.inFlight, m.messages, m.msgTime)
 	}
 	return m
+}
+
+type trigMetrics struct {
+	m            *Metrics
+	fn, consumer string
+	duration     prometheus.Observer
+}
+
+func (m *Metrics) forTrigger(fn, consumer string) trigMetrics {
+	return trigMetrics{m: m, fn: fn, consumer: consumer, duration: m.msgTime.WithLabelValues(fn, consumer)}
+}
+
+func (t trigMetrics) observe(d time.Duration, outcome string) {
+	t.m.messages.WithLabelValues(t.fn, t.consumer, outcome).Inc()
+	t.duration.Observe(d.Seconds())
 }
 
 type fnMetrics struct {

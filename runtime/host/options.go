@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"time"
 
 	"github.com/orderflow/orderflow/runtime/function"
+	"github.com/orderflow/orderflow/runtime/retry"
 )
 
 type options struct {
@@ -14,6 +16,10 @@ type options struct {
 	log        *slog.Logger
 	middleware []function.Middleware
 	metrics    *Metrics
+	dead       DeadLetterSink
+	retry      retry.Policy
+	retryFor   map[string]retry.Policy
+	ackWait    time.Duration
 }
 
 func defaults() options {
@@ -22,6 +28,56 @@ func defaults() options {
 		maxBody: 64 << 10,
 		log:     slog.New(slog.NewTextHandler(io.Discard, nil)),
 		metrics: NewMetrics(nil),
+		retry:   retry.Default,
+		ackWait: 30 * time.Second,
+	}
+}
+
+// WithDeadLetters stores messages that failed for good in sink; a host with
+// triggers needs one.
+func WithDeadLetters(sink DeadLetterSink) Option {
+	return func(o *options) error {
+		o.dead = sink
+		return nil
+	}
+}
+
+// WithRetry sets the retry policy of functions that declare none.
+func WithRetry(p retry.Policy) Option {
+	return func(o *options) error {
+		if err := p.Validate(); err != nil {
+			return fmt.Errorf("%w: %w", ErrConfig, err)
+		}
+		o.retry = p
+		return nil
+	}
+}
+
+// WithRetryFor overrides the retry policy of one function ("payments.charge"),
+// whatever the function declares.
+func WithRetryFor(function string, p retry.Policy) Option {
+	return func(o *options) error {
+		if err := p.Validate(); err != nil {
+			return fmt.Errorf("%w: %s: %w", ErrConfig, function, err)
+		}
+		if o.retryFor == nil {
+			o.retryFor = map[string]retry.Policy{}
+		}
+		o.retryFor[function] = p
+		return nil
+	}
+}
+
+// WithAckWait sets how long the server waits for a trigger's ack before it
+// redelivers (default 30s). Handlers that run longer report progress, so it
+// only matters when a pod dies mid-message.
+func WithAckWait(d time.Duration) Option {
+	return func(o *options) error {
+		if d < 300*time.Millisecond {
+			return fmt.Errorf("%w: ack wait must be at least 300ms, got %s", ErrConfig, d)
+		}
+		o.ackWait = d
+		return nil
 	}
 }
 

@@ -67,24 +67,76 @@ func (s *service) Stats() micro.Stats {
 	return st
 }
 
-// endpointStats is micro.EndpointStats behind a lock, plus the live count of
-// calls in flight, which micro's own stats cannot report.
+// endpointStats is micro.EndpointStats (requests only) behind a lock, plus
+// what micro's own stats cannot report: calls in flight and, per trigger,
+// the messages handled, retried and dead-lettered.
 type endpointStats struct {
 	mu sync.Mutex
 	micro.EndpointStats
 	inFlight int
+	triggers map[string]*TriggerStats
+}
+
+// TriggerStats count one trigger's messages; they appear in the endpoint's
+// data in `nats micro stats`.
+type TriggerStats struct {
+	// Messages handled to an outcome, each delivery counted.
+	Messages int `json:"messages"`
+	// Acked: handled successfully.
+	Acked int `json:"acked"`
+	// Retries: deliveries that failed and were scheduled again.
+	Retries int `json:"retries"`
+	// DeadLetters: messages given up on and stored as dead letters.
+	DeadLetters int `json:"dead_letters"`
+	// ProcessingTime: total time spent on messages.
+	ProcessingTime time.Duration `json:"processing_time"`
+}
+
+// EndpointData is the data of an endpoint in `nats micro stats`.
+type EndpointData struct {
+	InFlight int                      `json:"in_flight"`
+	Workers  int                      `json:"workers"`
+	Triggers map[string]*TriggerStats `json:"triggers,omitempty"`
 }
 
 func (e *endpoint) snapshot() micro.EndpointStats {
 	e.stats.mu.Lock()
 	defer e.stats.mu.Unlock()
 	out := e.stats.EndpointStats
-	data, _ := json.Marshal(struct {
-		InFlight int `json:"in_flight"`
-		Workers  int `json:"workers"`
-	}{e.stats.inFlight, cap(e.slots)})
-	out.Data = data
+	d := EndpointData{InFlight: e.stats.inFlight, Workers: cap(e.slots)}
+	if len(e.stats.triggers) > 0 {
+		d.Triggers = make(map[string]*TriggerStats, len(e.stats.triggers))
+		for k, v := range e.stats.triggers {
+			c := *v
+			d.Triggers[k] = &c
+		}
+	}
+	out.Data, _ = json.Marshal(d)
 	return out
+}
+
+func (e *endpoint) endTrigger(durable string, elapsed time.Duration, outcome string) {
+	e.stats.mu.Lock()
+	defer e.stats.mu.Unlock()
+	e.stats.inFlight--
+	if e.stats.triggers == nil {
+		e.stats.triggers = map[string]*TriggerStats{}
+	}
+	ts := e.stats.triggers[durable]
+	if ts == nil {
+		ts = &TriggerStats{}
+		e.stats.triggers[durable] = ts
+	}
+	ts.Messages++
+	ts.ProcessingTime += elapsed
+	switch outcome {
+	case "ack":
+		ts.Acked++
+	case "retry":
+		ts.Retries++
+	case "dead_letter":
+		ts.DeadLetters++
+	}
 }
 
 func (e *endpoint) begin() {

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/orderflow/orderflow/runtime/function"
+	"github.com/orderflow/orderflow/runtime/retry"
 )
 
 // ErrPanic wraps a panic raised by a handler; it is transient (500).
@@ -67,6 +68,34 @@ func Logging(log *slog.Logger) function.Middleware {
 				log.ErrorContext(ctx, "call failed", append(attrs, "code", code, "error", err)...)
 			}
 			return resp, err
+		}
+	}
+}
+
+// Retry retries a call that failed with a transient error, with p's backoff,
+// while attempts remain and the deadline allows the next wait. Permanent
+// errors (4xx) are never retried. It is for the request path; triggered
+// messages are retried by redelivery instead, which survives a pod's death.
+func Retry(p retry.Policy) function.Middleware {
+	return func(next function.Handler) function.Handler {
+		return func(ctx context.Context, req proto.Message) (proto.Message, error) {
+			for attempt := 1; ; attempt++ {
+				resp, err := next(ctx, req)
+				if err == nil || function.IsPermanent(err) || p.Exhausted(attempt) || ctx.Err() != nil {
+					return resp, err
+				}
+				wait := p.Backoff(attempt)
+				if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
+					return resp, err
+				}
+				t := time.NewTimer(wait)
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+					t.Stop()
+					return resp, err
+				}
+			}
 		}
 	}
 }

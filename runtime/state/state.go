@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -60,9 +61,24 @@ func Get[T any, P Message[T]](ctx context.Context, s Store, key string) (P, uint
 	return v, rev, nil
 }
 
-// maxAttempts bounds Modify's compare-and-set loop; contention beyond it is
+// MaxAttempts bounds a compare-and-set loop; contention beyond it is
 // returned as ErrConflict, which callers treat as transient.
-const maxAttempts = 32
+const MaxAttempts = 100
+
+// Backoff waits a little before the next compare-and-set attempt: a random
+// spread that grows with the attempt, so writers that collided do not
+// collide again in lockstep. It returns ctx's error if ctx ends first.
+func Backoff(ctx context.Context, attempt int) error {
+	d := time.Duration(rand.Int64N(int64(min(attempt, 20))*int64(time.Millisecond) + 1))
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
 
 // Modify reads the record under key (a new P if there is none), lets fn
 // change it and writes it back with compare-and-set, retrying when another
@@ -83,10 +99,10 @@ func Modify[T any, P Message[T]](ctx context.Context, s Store, key string, fn fu
 		if err == nil {
 			return v, nil
 		}
-		if !errors.Is(err, ErrConflict) || attempt+1 >= maxAttempts {
+		if !errors.Is(err, ErrConflict) || attempt+1 >= MaxAttempts {
 			return nil, fmt.Errorf("modify %s: %w", key, err)
 		}
-		if err := ctx.Err(); err != nil {
+		if err := Backoff(ctx, attempt+1); err != nil {
 			return nil, err
 		}
 	}
@@ -101,6 +117,17 @@ type Event struct {
 	ID      string
 	Payload proto.Message
 	Header  map[string][]string
+	// IfLast, when set, stores the event only if the log has not moved on:
+	// optimistic concurrency over a subject filter, e.g. all of one order's
+	// events. A mismatch is ErrConflict.
+	IfLast *Last
+}
+
+// Last is the expected last event among the subjects matching Filter.
+type Last struct {
+	Filter string
+	// Sequence of that event; 0 expects none.
+	Sequence uint64
 }
 
 // Record is an event read back from the log.

@@ -35,9 +35,6 @@ func New(s state.Store) *Stock { return &Stock{s: s} }
 func levelKey(sku string) string         { return "sku." + sku }
 func reservationKey(order string) string { return "order." + order }
 
-// maxAttempts bounds the compare-and-set loops under contention.
-const maxAttempts = 64
-
 // Restock adds quantity units of sku.
 func (st *Stock) Restock(ctx context.Context, sku string, quantity int32) (*ordersv1.StockLevel, error) {
 	return state.Modify(ctx, st.s, levelKey(sku), func(l *ordersv1.StockLevel) error {
@@ -195,10 +192,10 @@ func (st *Stock) step(ctx context.Context, orderID string, fn func(r *ordersv1.R
 		if err == nil {
 			return r, nil
 		}
-		if !errors.Is(err, state.ErrConflict) || attempt+1 >= maxAttempts {
+		if !errors.Is(err, state.ErrConflict) || attempt+1 >= state.MaxAttempts {
 			return nil, err
 		}
-		if err := ctx.Err(); err != nil {
+		if err := state.Backoff(ctx, attempt+1); err != nil {
 			return nil, err
 		}
 	}

@@ -1,0 +1,142 @@
+package durable
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/jetstreamext"
+	"google.golang.org/protobuf/proto"
+
+	runtimev1 "github.com/orderflow/orderflow/proto/gen/runtime/v1"
+	"github.com/orderflow/orderflow/runtime/state"
+)
+
+// The dead-letter stream: messages that failed for good, with the reason.
+const (
+	DeadLetterStream   = "DEADLETTERS"
+	DeadLetterSubjects = "DEADLETTER.>"
+)
+
+// ErrNotFound is returned for a dead letter that is not (or no longer) there.
+var ErrNotFound = state.ErrNotFound
+
+// DeadLetterStreamConfig is the configuration of the dead-letter stream.
+func DeadLetterStreamConfig(c Config) jetstream.StreamConfig {
+	c = c.withDefaults()
+	return jetstream.StreamConfig{
+		Name:        DeadLetterStream,
+		Description: "orderflow dead letters, DEADLETTER.<consumer>: messages that failed for good, with the reason",
+		Subjects:    []string{DeadLetterSubjects},
+		Storage:     jetstream.FileStorage,
+		Replicas:    c.Replicas,
+		Duplicates:  c.DuplicateWindow,
+		AllowDirect: true,
+	}
+}
+
+// DeadLetters is the dead-letter stream.
+type DeadLetters struct {
+	js     jetstream.JetStream
+	stream string
+}
+
+// OpenDeadLetters creates or updates the dead-letter stream.
+func OpenDeadLetters(ctx context.Context, js jetstream.JetStream, c Config) (*DeadLetters, error) {
+	if _, err := js.CreateOrUpdateStream(ctx, DeadLetterStreamConfig(c)); err != nil {
+		return nil, fmt.Errorf("stream %s: %w", DeadLetterStream, err)
+	}
+	return &DeadLetters{js: js, stream: DeadLetterStream}, nil
+}
+
+// Put stores a dead letter on DEADLETTER.<consumer>. Its message id is the
+// original message's stream position, so a pod that dies between storing the
+// dead letter and terminating the original stores it once.
+func (d *DeadLetters) Put(ctx context.Context, dl *runtimev1.DeadLetter) error {
+	data, err := marshal.Marshal(dl)
+	if err != nil {
+		return err
+	}
+	m := nats.NewMsg("DEADLETTER." + dl.GetConsumer())
+	m.Data = data
+	m.Header.Set("Content-Type", "application/protobuf")
+	m.Header.Set(EventTypeHeader, string(dl.ProtoReflect().Descriptor().FullName()))
+	id := fmt.Sprintf("%s/%d/%s", dl.GetStream(), dl.GetStreamSequence(), dl.GetConsumer())
+	if _, err := d.js.PublishMsg(ctx, m, jetstream.WithMsgID(id)); err != nil {
+		return fmt.Errorf("dead letter %s: %w", id, err)
+	}
+	return nil
+}
+
+// List returns up to limit dead letters after sequence after, oldest first.
+func (d *DeadLetters) List(ctx context.Context, after uint64, limit int) ([]*runtimev1.DeadLetter, error) {
+	it, err := jetstreamext.GetBatch(ctx, d.js, d.stream, limit, jetstreamext.GetBatchSeq(after+1))
+	if err != nil {
+		return nil, err
+	}
+	var out []*runtimev1.DeadLetter
+	for m, err := range it {
+		if errors.Is(err, jetstreamext.ErrNoMessages) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("list dead letters: %w", err)
+		}
+		dl, err := decodeDeadLetter(m)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, dl)
+	}
+	return out, nil
+}
+
+func decodeDeadLetter(m *jetstream.RawStreamMsg) (*runtimev1.DeadLetter, error) {
+	dl := &runtimev1.DeadLetter{}
+	if err := proto.Unmarshal(m.Data, dl); err != nil {
+		return nil, fmt.Errorf("dead letter %d: %w", m.Sequence, err)
+	}
+	dl.Sequence = m.Sequence
+	return dl, nil
+}
+
+// Replay publishes dead letter seq's message again on its original subject,
+// with its original headers, then deletes the dead letter. If handling fails
+// again, the message comes back as a new dead letter.
+func (d *DeadLetters) Replay(ctx context.Context, seq uint64) (*runtimev1.ReplayDeadLetterResponse, error) {
+	s, err := d.js.Stream(ctx, d.stream)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := s.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, fmt.Errorf("dead letter %d: %w", seq, ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	dl, err := decodeDeadLetter(raw)
+	if err != nil {
+		return nil, err
+	}
+	m := nats.NewMsg(dl.GetSubject())
+	m.Data = dl.GetData()
+	for _, h := range dl.GetHeaders() {
+		m.Header.Add(h.GetName(), h.GetValue())
+	}
+	// A fresh id: the original one would be dropped as a duplicate, while a
+	// repeat of this replay is still dropped.
+	m.Header.Set(jetstream.MsgIDHeader, "replay/"+d.stream+"/"+strconv.FormatUint(seq, 10))
+	m.Header.Set("Orderflow-Replayed-From", strconv.FormatUint(seq, 10))
+	ack, err := d.js.PublishMsg(ctx, m)
+	if err != nil {
+		return nil, fmt.Errorf("replay %d to %s: %w", seq, dl.GetSubject(), err)
+	}
+	if err := s.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, fmt.Errorf("delete dead letter %d after replay: %w", seq, err)
+	}
+	return &runtimev1.ReplayDeadLetterResponse{Sequence: seq, Subject: dl.GetSubject(), ReplayedSequence: ack.Sequence}, nil
+}

@@ -1,0 +1,245 @@
+package host
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	runtimev1 "github.com/orderflow/orderflow/proto/gen/runtime/v1"
+	"github.com/orderflow/orderflow/runtime/function"
+	"github.com/orderflow/orderflow/runtime/retry"
+)
+
+// DeadLetterSink stores messages that failed for good.
+type DeadLetterSink interface {
+	Put(ctx context.Context, dl *runtimev1.DeadLetter) error
+}
+
+// trigger runs one function.Trigger: a durable pull consumer whose messages
+// are handled by up to the endpoint's worker count at once.
+type trigger struct {
+	e       *endpoint
+	t       function.Trigger
+	handler function.Handler
+	policy  retry.Policy
+	ackWait time.Duration
+	dead    DeadLetterSink
+	log     *slog.Logger
+	metrics trigMetrics
+
+	mu   sync.Mutex
+	iter jetstream.MessagesContext
+	stop bool
+	done chan struct{} // closed when the consume loop has returned
+}
+
+// consumerConfig is the durable consumer of a trigger. Redelivery is driven
+// by the host (NakWithDelay with the function's backoff, Term after the last
+// attempt), so the server never gives up on a message by itself.
+func (tr *trigger) consumerConfig() jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       tr.t.Durable,
+		Description:   "orderflow " + tr.e.subject + " on " + tr.t.Subject,
+		FilterSubject: tr.t.Subject,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       tr.ackWait,
+		MaxDeliver:    -1,
+		MaxAckPending: 1000,
+	}
+}
+
+func (tr *trigger) bind(ctx context.Context, js jetstream.JetStream) (jetstream.Consumer, error) {
+	c, err := js.CreateOrUpdateConsumer(ctx, tr.t.Stream, tr.consumerConfig())
+	if err != nil {
+		return nil, fmt.Errorf("consumer %s on %s: %w", tr.t.Durable, tr.t.Stream, err)
+	}
+	return c, nil
+}
+
+// run consumes until drained. When the consumer goes away under it (a server
+// that lost its state, an operator's delete), it binds again.
+func (tr *trigger) run(js jetstream.JetStream, c jetstream.Consumer, wg *sync.WaitGroup) {
+	defer close(tr.done)
+	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		if c != nil {
+			if tr.consume(c, wg) {
+				return
+			}
+		}
+		time.Sleep(wait)
+		if tr.stopped() {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var err error
+		c, err = tr.bind(ctx, js)
+		cancel()
+		if err != nil {
+			tr.log.Warn("binding consumer failed, retrying", "consumer", tr.t.Durable, "error", err, "in", wait)
+		}
+	}
+}
+
+func (tr *trigger) stopped() bool {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	return tr.stop
+}
+
+// consume reads messages until the iterator ends; it reports whether that
+// was a drain (true) or a failure to recover from (false).
+func (tr *trigger) consume(c jetstream.Consumer, wg *sync.WaitGroup) bool {
+	it, err := c.Messages(jetstream.PullMaxMessages(cap(tr.e.slots)))
+	if err != nil {
+		tr.log.Warn("consume failed", "consumer", tr.t.Durable, "error", err)
+		return tr.stopped()
+	}
+	tr.mu.Lock()
+	if tr.stop {
+		tr.mu.Unlock()
+		it.Stop()
+		return true
+	}
+	tr.iter = it
+	tr.mu.Unlock()
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if tr.stopped() {
+				return true
+			}
+			tr.log.Warn("consumer stopped, binding again", "consumer", tr.t.Durable, "error", err)
+			it.Stop()
+			return false
+		}
+		tr.e.slots <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-tr.e.slots; wg.Done() }()
+			tr.handle(msg)
+		}()
+	}
+}
+
+// drain stops pulling; messages already delivered to this pod are handled.
+func (tr *trigger) drain() {
+	tr.mu.Lock()
+	tr.stop = true
+	it := tr.iter
+	tr.mu.Unlock()
+	if it != nil {
+		it.Drain()
+	}
+}
+
+// handle runs the function on one message and settles it: Ack on success,
+// NakWithDelay while attempts remain for a transient error, and otherwise a
+// dead letter followed by Term. A message is never dropped: if the dead
+// letter cannot be stored, it is retried later.
+func (tr *trigger) handle(msg jetstream.Msg) {
+	start := time.Now()
+	tr.e.begin()
+	attempt := 1
+	var streamSeq uint64
+	if meta, err := msg.Metadata(); err == nil {
+		attempt, streamSeq = int(meta.NumDelivered), meta.Sequence.Stream
+	}
+
+	err := tr.call(msg, attempt)
+
+	outcome := "ack"
+	switch {
+	case err == nil:
+		if aerr := msg.Ack(); aerr != nil {
+			tr.log.Warn("ack failed; the message will be redelivered", "consumer", tr.t.Durable, "error", aerr)
+		}
+	case !function.IsPermanent(err) && !tr.policy.Exhausted(attempt):
+		outcome = "retry"
+		if nerr := msg.NakWithDelay(tr.policy.Backoff(attempt)); nerr != nil {
+			tr.log.Warn("nak failed; the message will be redelivered after the ack wait", "consumer", tr.t.Durable, "error", nerr)
+		}
+	default:
+		outcome = "dead_letter"
+		if derr := tr.deadLetter(msg, streamSeq, attempt, err); derr != nil {
+			outcome = "retry"
+			tr.log.Error("dead letter not stored; retrying the message", "consumer", tr.t.Durable, "error", derr)
+			_ = msg.NakWithDelay(tr.policy.Backoff(attempt))
+		} else {
+			_ = msg.TermWithReason(truncate(err.Error(), 256))
+			tr.log.Error("message dead-lettered", "consumer", tr.t.Durable, "subject", msg.Subject(), "attempts", attempt, "error", err)
+		}
+	}
+	elapsed := time.Since(start)
+	tr.e.endTrigger(tr.t.Durable, elapsed, outcome)
+	tr.metrics.observe(elapsed, outcome)
+}
+
+// call decodes the event and runs the handler, telling the server the
+// message is in progress while it runs so AckWait never fires mid-call.
+func (tr *trigger) call(msg jetstream.Msg, attempt int) error {
+	ev := tr.t.NewEvent()
+	if err := proto.Unmarshal(msg.Data(), ev); err != nil {
+		return function.Invalid("body", "cannot decode %s: %v", tr.t.Event.FullName(), err)
+	}
+	ctx := function.WithCall(context.Background(), function.Call{
+		Service:  tr.e.svc.info.Name,
+		Function: tr.e.def.Name,
+		Subject:  msg.Subject(),
+		Header:   function.Header(msg.Headers()),
+		Attempt:  attempt,
+		Trigger:  tr.t.Durable,
+	})
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		t := time.NewTicker(tr.ackWait / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				_ = msg.InProgress()
+			}
+		}
+	}()
+	_, err := tr.handler(ctx, ev)
+	return err
+}
+
+func (tr *trigger) deadLetter(msg jetstream.Msg, streamSeq uint64, attempt int, cause error) error {
+	dl := &runtimev1.DeadLetter{
+		Subject:        msg.Subject(),
+		Stream:         tr.t.Stream,
+		StreamSequence: streamSeq,
+		Consumer:       tr.t.Durable,
+		Function:       tr.e.subject,
+		Error:          cause.Error(),
+		Code:           int32(function.Code(cause)),
+		Attempts:       uint64(attempt),
+		FailedAt:       timestamppb.Now(),
+		Data:           msg.Data(),
+	}
+	for name, values := range msg.Headers() {
+		for _, v := range values {
+			dl.Headers = append(dl.Headers, &runtimev1.Header{Name: name, Value: v})
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return tr.dead.Put(ctx, dl)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
