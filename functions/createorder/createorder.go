@@ -62,10 +62,10 @@ func (c *creator) create(ctx context.Context, req *ordersv1.CreateOrderRequest) 
 		// The id follows from the key, so a retry whose first reply was lost
 		// finds the first order, and concurrent retries publish one event.
 		id = uuid.NewSHA1(keyNamespace, []byte(req.GetCustomerId()+"\x00"+key)).String()
-		o, _, err := orderlog.Read(ctx, c.log, id)
+		st, err := orderlog.Read(ctx, c.log, id)
 		switch {
 		case err == nil:
-			return replay(o, req, key)
+			return replay(st.Order, req, key)
 		case !errors.Is(err, function.ErrNotFound):
 			return nil, err
 		}
@@ -93,11 +93,11 @@ func (c *creator) create(ctx context.Context, req *ordersv1.CreateOrderRequest) 
 	}
 	if dup {
 		// A concurrent retry with the same key stored its event first.
-		o, _, err := orderlog.Read(ctx, c.log, id)
+		st, err := orderlog.Read(ctx, c.log, id)
 		if err != nil {
 			return nil, err
 		}
-		return replay(o, req, key)
+		return replay(st.Order, req, key)
 	}
 	return &ordersv1.CreateOrderResponse{OrderId: id, Status: order.Status}, nil
 }

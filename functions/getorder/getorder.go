@@ -18,11 +18,11 @@ func New(log state.Log) function.Definition {
 		if err := validate.OrderID("order_id", req.GetOrderId()); err != nil {
 			return nil, err
 		}
-		o, hist, err := orderlog.Read(ctx, log, req.GetOrderId())
+		st, err := orderlog.Read(ctx, log, req.GetOrderId())
 		if err != nil {
 			return nil, err
 		}
-		return &ordersv1.GetOrderResponse{Order: o, Events: hist}, nil
+		return &ordersv1.GetOrderResponse{Order: st.Order, Events: st.Events}, nil
 	}
 	return function.New("get", get, function.WithDescription("An order's current state and its event history."))
 }

@@ -80,6 +80,10 @@ func (g *Gateway) Capture(ctx context.Context, key string, amount *ordersv1.Mone
 	var e *ordersv1.GatewayEntry
 	for {
 		cur, rev, err := state.Get[ordersv1.GatewayEntry](ctx, g.ledger, key)
+		if err == nil && cur.GetVoided() && cur.GetCaptures() == 0 {
+			e = cur
+			break
+		}
 		if err == nil {
 			if !proto.Equal(cur.GetAmount(), amount) {
 				return Result{}, fmt.Errorf("%w: idempotency key %s was used for %v, now %v", function.ErrConflict, key, cur.GetAmount(), amount)
@@ -107,11 +111,15 @@ func (g *Gateway) Capture(ctx context.Context, key string, amount *ordersv1.Mone
 	if failAfter {
 		return Result{}, fmt.Errorf("capture %s: reply lost: %w", key, ErrUnavailable)
 	}
+	if e.GetVoided() && e.GetCaptures() == 0 {
+		return Result{Reason: "voided: the charge was cancelled before capture"}, nil
+	}
 	return Result{Captured: e.GetCaptures() > 0, Reason: e.GetDeclineReason()}, nil
 }
 
 // Refund returns a capture made under key, once. Refunding a key with no
-// capture does nothing.
+// capture voids it: a capture that arrives later is declined, so a refund and
+// a capture racing each other never end with money kept.
 func (g *Gateway) Refund(ctx context.Context, key string) (refunded bool, err error) {
 	failBefore, failAfter, err := g.call(ctx)
 	if err != nil {
@@ -122,8 +130,11 @@ func (g *Gateway) Refund(ctx context.Context, key string) (refunded bool, err er
 	}
 	e, err := state.Modify(ctx, g.ledger, key, func(e *ordersv1.GatewayEntry) error {
 		e.IdempotencyKey = key
-		if e.Captures > 0 && e.Refunds == 0 {
+		switch {
+		case e.Captures > 0 && e.Refunds == 0:
 			e.Refunds = 1
+		case e.Captures == 0:
+			e.Voided = true
 		}
 		return nil
 	})

@@ -97,7 +97,8 @@ func (st *Stock) Reserve(ctx context.Context, orderID string, items []*ordersv1.
 	}, itemsSKUs(items))
 }
 
-// Release gives a reservation's units back to available. Releasing an order
+// Release gives a reservation's units back to available, from reserved or,
+// when the sale won a race with a cancellation, from sold. Releasing an order
 // that never reserved records the release, so a late reserve for it is a
 // no-op; releasing twice changes nothing.
 func (st *Stock) Release(ctx context.Context, orderID, reason string) (*ordersv1.Reservation, error) {
@@ -125,20 +126,29 @@ func (st *Stock) settle(ctx context.Context, orderID, reason string, to ordersv1
 			return false, fmt.Errorf("%w: order %s has no reservation to sell", ErrWrongState, orderID)
 		case r.Status == to, r.Status == ordersv1.ReservationStatus_RESERVATION_STATUS_REJECTED:
 			return false, nil
+		case r.Status == ordersv1.ReservationStatus_RESERVATION_STATUS_SOLD && to == ordersv1.ReservationStatus_RESERVATION_STATUS_RELEASED:
+			// A cancellation that lost the race to the sale: the units come
+			// back from sold, as a return does.
 		case r.Status != ordersv1.ReservationStatus_RESERVATION_STATUS_RESERVED:
 			return false, fmt.Errorf("%w: order %s is %s, cannot become %s", ErrWrongState, orderID, r.Status, to)
 		}
+		from := r.Status
 		for _, it := range r.GetItems() {
 			l := levels[it.GetSku()]
-			if l == nil || l.Reserved < it.GetQuantity() {
-				// The ledger is corrupt; never paper over it.
-				return false, fmt.Errorf("order %s: %s holds fewer reserved units than the reservation", orderID, it.GetSku())
+			q := it.GetQuantity()
+			held := &l.Reserved
+			if l != nil && from == ordersv1.ReservationStatus_RESERVATION_STATUS_SOLD {
+				held = &l.Sold
 			}
-			l.Reserved -= it.GetQuantity()
+			if l == nil || *held < q {
+				// The ledger is corrupt; never paper over it.
+				return false, fmt.Errorf("order %s: %s holds fewer units than the reservation", orderID, it.GetSku())
+			}
+			*held -= q
 			if to == ordersv1.ReservationStatus_RESERVATION_STATUS_SOLD {
-				l.Sold += it.GetQuantity()
+				l.Sold += q
 			} else {
-				l.Available += it.GetQuantity()
+				l.Available += q
 			}
 		}
 		r.Status, r.Reason = to, reason

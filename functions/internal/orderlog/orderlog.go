@@ -33,7 +33,25 @@ const (
 	Confirmed       = "confirmed"
 	Rejected        = "rejected"
 	Cancelled       = "cancelled"
+	CancelRequested = "cancel_requested"
+	PaymentRefunded = "payment_refunded"
 )
+
+// Stream is the stream the order events live in.
+const Stream = "ORDERS"
+
+// On is the subject filter of one event across all orders, for triggers.
+func On(event string) string { return "ORDER.*." + event }
+
+// OrderID returns the order id of an event subject, or "" for a subject
+// that is not an order event.
+func OrderID(subject string) string {
+	parts := strings.Split(subject, ".")
+	if len(parts) != 3 || parts[0] != "ORDER" || parts[1] == "" {
+		return ""
+	}
+	return parts[1]
+}
 
 // terminalID is the message id shared by the three terminal events, so the
 // stream's deduplication keeps at most one of them per order.
@@ -70,30 +88,60 @@ func IsTerminal(s ordersv1.OrderStatus) bool {
 	return false
 }
 
-// Read returns the order's current state and history. An order without
-// events is function.ErrNotFound.
-func Read(ctx context.Context, log state.Log, orderID string) (*ordersv1.Order, []*ordersv1.OrderEvent, error) {
+// State is an order as its log tells it: the folded order, its history,
+// and the saga facts the next steps decide on.
+type State struct {
+	Order  *ordersv1.Order
+	Events []*ordersv1.OrderEvent
+	// LastSequence is the stream sequence of the order's last event, for
+	// appending with optimistic concurrency (see Append).
+	LastSequence uint64
+
+	StockRejected   bool
+	StockSold       bool
+	StockReleased   bool
+	CancelRequested bool
+	// Reason of the rejection, release or cancellation, the latest first.
+	RejectReason, ReleaseReason, CancelReason string
+}
+
+// Read returns the order's state. An order without events is
+// function.ErrNotFound.
+func Read(ctx context.Context, log state.Log, orderID string) (*State, error) {
 	recs, err := log.Read(ctx, Filter(orderID))
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	o, hist, err := Fold(recs)
+	st, err := Fold(recs)
 	if errors.Is(err, function.ErrNotFound) {
-		return nil, nil, fmt.Errorf("order %s: %w", orderID, function.ErrNotFound)
+		return nil, fmt.Errorf("order %s: %w", orderID, function.ErrNotFound)
 	}
-	return o, hist, err
+	return st, err
+}
+
+// Append stores an event of the order only if no other event of the order
+// was stored since st was read, so decisions taken on st (confirm, cancel)
+// cannot cross. A conflict is state.ErrConflict: read again and decide again.
+func Append(ctx context.Context, log state.Log, st *State, event string, payload proto.Message) (duplicate bool, err error) {
+	id := st.Order.GetOrderId()
+	e := Event(id, event, payload)
+	e.IfLast = &state.Last{Filter: Filter(id), Sequence: st.LastSequence}
+	_, dup, err := log.Append(ctx, e)
+	return dup, err
 }
 
 // Fold applies events oldest first. Status only moves forward along the saga
 // (PENDING, RESERVED, PAID, then one terminal state) and a terminal state is
 // never left, whatever arrives after it.
-func Fold(recs []state.Record) (*ordersv1.Order, []*ordersv1.OrderEvent, error) {
-	var o *ordersv1.Order
-	hist := make([]*ordersv1.OrderEvent, 0, len(recs))
+func Fold(recs []state.Record) (*State, error) {
+	st := &State{Events: make([]*ordersv1.OrderEvent, 0, len(recs))}
 	for _, r := range recs {
 		msg, err := decode(r)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
+		}
+		if r.Sequence > st.LastSequence {
+			st.LastSequence = r.Sequence
 		}
 		ev := &ordersv1.OrderEvent{
 			Type:     string(msg.ProtoReflect().Descriptor().Name()),
@@ -101,24 +149,25 @@ func Fold(recs []state.Record) (*ordersv1.Order, []*ordersv1.OrderEvent, error) 
 			Sequence: r.Sequence,
 			Time:     timestamppb.New(r.Time),
 		}
-		if created, ok := msg.(*ordersv1.OrderCreated); ok && o == nil {
-			o = proto.Clone(created.GetOrder()).(*ordersv1.Order)
-			o.Status = ordersv1.OrderStatus_ORDER_STATUS_PENDING
+		if created, ok := msg.(*ordersv1.OrderCreated); ok && st.Order == nil {
+			st.Order = proto.Clone(created.GetOrder()).(*ordersv1.Order)
+			st.Order.Status = ordersv1.OrderStatus_ORDER_STATUS_PENDING
 		}
-		if o == nil {
+		if st.Order == nil {
 			continue // events before OrderCreated cannot be placed; ignore them
 		}
-		apply(o, msg, ev)
-		o.UpdatedAt = timestamppb.New(r.Time)
-		hist = append(hist, ev)
+		st.apply(msg, ev)
+		st.Order.UpdatedAt = timestamppb.New(r.Time)
+		st.Events = append(st.Events, ev)
 	}
-	if o == nil {
-		return nil, nil, function.ErrNotFound
+	if st.Order == nil {
+		return nil, function.ErrNotFound
 	}
-	return o, hist, nil
+	return st, nil
 }
 
-func apply(o *ordersv1.Order, msg proto.Message, ev *ordersv1.OrderEvent) {
+func (st *State) apply(msg proto.Message, ev *ordersv1.OrderEvent) {
+	o := st.Order
 	to := o.Status
 	switch m := msg.(type) {
 	case *ordersv1.StockReserved:
@@ -127,9 +176,20 @@ func apply(o *ordersv1.Order, msg proto.Message, ev *ordersv1.OrderEvent) {
 		to = ordersv1.OrderStatus_ORDER_STATUS_PAID
 	case *ordersv1.StockRejected:
 		ev.Reason = m.GetReason()
+		st.StockRejected, st.RejectReason = true, m.GetReason()
 	case *ordersv1.PaymentDeclined:
 		ev.Reason = m.GetReason()
 	case *ordersv1.StockReleased:
+		ev.Reason = m.GetReason()
+		st.StockReleased, st.ReleaseReason = true, m.GetReason()
+	case *ordersv1.StockSold:
+		st.StockSold = true
+	case *ordersv1.CancelRequested:
+		ev.Reason = m.GetReason()
+		if !st.CancelRequested {
+			st.CancelRequested, st.CancelReason = true, m.GetReason()
+		}
+	case *ordersv1.PaymentRefunded:
 		ev.Reason = m.GetReason()
 	case *ordersv1.OrderConfirmed:
 		to = ordersv1.OrderStatus_ORDER_STATUS_CONFIRMED
@@ -145,6 +205,29 @@ func apply(o *ordersv1.Order, msg proto.Message, ev *ordersv1.OrderEvent) {
 	if IsTerminal(to) {
 		o.Reason = ev.Reason
 	}
+}
+
+// Outcome is the terminal event the order is ready for, if any: REJECTED
+// when its stock was rejected; CANCELLED once its stock is released (never
+// before, so a cancelled order's units are back when it says so); CONFIRMED
+// once its stock is sold, unless a cancellation was requested first.
+func (st *State) Outcome() (event string, payload proto.Message) {
+	id := st.Order.GetOrderId()
+	switch {
+	case IsTerminal(st.Order.GetStatus()):
+		return "", nil
+	case st.StockRejected:
+		return Rejected, &ordersv1.OrderRejected{OrderId: id, Reason: st.RejectReason}
+	case st.StockReleased:
+		reason := st.ReleaseReason
+		if reason == "" {
+			reason = st.CancelReason
+		}
+		return Cancelled, &ordersv1.OrderCancelled{OrderId: id, Reason: reason}
+	case st.StockSold && !st.CancelRequested:
+		return Confirmed, &ordersv1.OrderConfirmed{OrderId: id}
+	}
+	return "", nil
 }
 
 func decode(r state.Record) (proto.Message, error) {

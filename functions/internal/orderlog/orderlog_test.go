@@ -56,10 +56,11 @@ func TestFold(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			o, hist, err := orderlog.Fold(tt.recs)
+			st, err := orderlog.Fold(tt.recs)
 			if err != nil {
 				t.Fatal(err)
 			}
+			o, hist := st.Order, st.Events
 			if o.Status != tt.wantStatus || o.Reason != tt.wantReason || len(hist) != tt.wantEvents {
 				t.Errorf("got %s %q with %d events, want %s %q with %d", o.Status, o.Reason, len(hist), tt.wantStatus, tt.wantReason, tt.wantEvents)
 			}
@@ -71,17 +72,17 @@ func TestFold(t *testing.T) {
 }
 
 func TestFoldErrors(t *testing.T) {
-	if _, _, err := orderlog.Fold(nil); !errors.Is(err, function.ErrNotFound) {
+	if _, err := orderlog.Fold(nil); !errors.Is(err, function.ErrNotFound) {
 		t.Errorf("Fold(nil) = %v, want ErrNotFound", err)
 	}
 	bad := created
 	bad.Type = "evil.Type"
-	if _, _, err := orderlog.Fold([]state.Record{bad}); err == nil {
+	if _, err := orderlog.Fold([]state.Record{bad}); err == nil {
 		t.Error("Fold accepted an unknown event type")
 	}
 	bad = created
 	bad.Data = []byte("\xff")
-	if _, _, err := orderlog.Fold([]state.Record{bad}); err == nil {
+	if _, err := orderlog.Fold([]state.Record{bad}); err == nil {
 		t.Error("Fold accepted a corrupt payload")
 	}
 }

@@ -40,7 +40,7 @@ func settled(p *ordersv1.Payment) bool {
 // attempt is counted, and the next call retries with the same key.
 func (p *Payments) Charge(ctx context.Context, orderID, customerID string, amount *ordersv1.Money) (*ordersv1.Payment, error) {
 	rec, err := state.Modify(ctx, p.s, orderID, func(r *ordersv1.Payment) error {
-		if r.GetOrderId() == "" {
+		if r.GetAmount() == nil { // new, or voided before any charge
 			r.OrderId, r.CustomerId, r.Amount = orderID, customerID, amount
 		} else if !proto.Equal(r.GetAmount(), amount) {
 			return fmt.Errorf("%w: order %s is being charged %v, not %v", function.ErrConflict, orderID, r.GetAmount(), amount)
@@ -80,19 +80,24 @@ func (p *Payments) Charge(ctx context.Context, orderID, customerID string, amoun
 
 // Refund returns the order's capture, if the gateway recorded one, even when
 // this ledger never learned of it (a crash after the capture, before the
-// record). Refunding twice refunds once.
-func (p *Payments) Refund(ctx context.Context, orderID, reason string) (*ordersv1.Payment, error) {
+// record). Without a capture it voids the charge, so a charge still in flight
+// is declined. Refunding twice refunds once.
+func (p *Payments) Refund(ctx context.Context, orderID, reason string) (*ordersv1.Payment, bool, error) {
 	refunded, err := p.gw.Refund(ctx, orderID)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	return state.Modify(ctx, p.s, orderID, func(r *ordersv1.Payment) error {
+	rec, err := state.Modify(ctx, p.s, orderID, func(r *ordersv1.Payment) error {
 		r.OrderId = orderID
-		if refunded {
+		switch {
+		case refunded:
 			r.Status, r.Reason = ordersv1.PaymentStatus_PAYMENT_STATUS_REFUNDED, reason
+		case r.Status != ordersv1.PaymentStatus_PAYMENT_STATUS_DECLINED:
+			r.Status, r.Reason = ordersv1.PaymentStatus_PAYMENT_STATUS_VOIDED, reason
 		}
 		return nil
 	})
+	return rec, refunded, err
 }
 
 func (p *Payments) record(ctx context.Context, orderID string) (*ordersv1.Payment, error) {

@@ -3,7 +3,9 @@ package payments_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
+	"time"
 
 	"github.com/orderflow/orderflow/functions/internal/gateway"
 	"github.com/orderflow/orderflow/functions/internal/payments"
@@ -17,6 +19,7 @@ const (
 	charged  = ordersv1.PaymentStatus_PAYMENT_STATUS_CHARGED
 	declined = ordersv1.PaymentStatus_PAYMENT_STATUS_DECLINED
 	refunded = ordersv1.PaymentStatus_PAYMENT_STATUS_REFUNDED
+	voided   = ordersv1.PaymentStatus_PAYMENT_STATUS_VOIDED
 )
 
 type buckets struct{ payments, ledger *durable.Bucket }
@@ -115,19 +118,52 @@ func TestRefund(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 2 {
-		rec, err := p.Refund(ctx, "o-1", "cancelled")
-		if err != nil || rec.Status != refunded {
-			t.Fatalf("Refund = %v, %v", rec, err)
+		rec, ok, err := p.Refund(ctx, "o-1", "cancelled")
+		if err != nil || rec.Status != refunded || !ok {
+			t.Fatalf("Refund = %v, %v, %v", rec, ok, err)
 		}
 	}
 	got, _ := p.Get(ctx, "o-1")
 	if got.Captures != 1 || got.Refunds != 1 {
 		t.Errorf("after two refunds: %v; want one capture, one refund", got)
 	}
-	// Refunding an order that was never charged refunds nothing.
-	rec, err := p.Refund(ctx, "o-2", "cancelled")
-	if err != nil || rec.Status == refunded {
-		t.Errorf("Refund of an uncharged order = %v, %v", rec, err)
+	// Refunding an order that was never charged refunds nothing and voids
+	// it: the charge that comes late is declined, so nothing is kept.
+	rec, ok, err := p.Refund(ctx, "o-2", "cancelled")
+	if err != nil || ok || rec.Status != voided {
+		t.Fatalf("Refund of an uncharged order = %v, %v, %v", rec, ok, err)
+	}
+	if rec, err := p.Charge(ctx, "o-2", "c-1", usd(100)); err != nil || rec.Status == charged {
+		t.Errorf("Charge after a void = %v, %v; want no capture", rec, err)
+	}
+	if got, _ := p.Get(ctx, "o-2"); got.Captures != 0 {
+		t.Errorf("voided order captured: %v", got)
+	}
+}
+
+// A refund racing a charge of the same order: whichever wins at the gateway,
+// the order keeps no money.
+func TestRefundRacesCharge(t *testing.T) {
+	ctx := context.Background()
+	p, _ := setup(t, gateway.Config{Latency: 2 * time.Millisecond})
+	for i := range 20 {
+		id := fmt.Sprintf("o-%d", i)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_, _ = p.Charge(ctx, id, "c-1", usd(100))
+		}()
+		if _, _, err := p.Refund(ctx, id, "cancelled"); err != nil {
+			t.Fatal(err)
+		}
+		<-done
+		got, err := p.Get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Captures-got.Refunds != 0 {
+			t.Errorf("%s: %d captures, %d refunds after a refund raced the charge", id, got.Captures, got.Refunds)
+		}
 	}
 }
 
