@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/orderflow/orderflow/functions/cancelorder"
 	"github.com/orderflow/orderflow/functions/chargepayment"
 	"github.com/orderflow/orderflow/functions/createorder"
 	"github.com/orderflow/orderflow/functions/getorder"
@@ -33,9 +34,14 @@ import (
 	"github.com/orderflow/orderflow/functions/internal/gateway"
 	"github.com/orderflow/orderflow/functions/internal/inventory"
 	"github.com/orderflow/orderflow/functions/internal/payments"
+	"github.com/orderflow/orderflow/functions/refundpayment"
+	"github.com/orderflow/orderflow/functions/releasestock"
 	"github.com/orderflow/orderflow/functions/reservestock"
 	"github.com/orderflow/orderflow/functions/restock"
+	"github.com/orderflow/orderflow/functions/sellstock"
+	"github.com/orderflow/orderflow/functions/settleorder"
 	"github.com/orderflow/orderflow/runtime/config"
+	"github.com/orderflow/orderflow/runtime/deadletter"
 	"github.com/orderflow/orderflow/runtime/durable"
 	"github.com/orderflow/orderflow/runtime/function"
 	"github.com/orderflow/orderflow/runtime/health"
@@ -56,9 +62,10 @@ var (
 
 // stores are what the functions keep their state in.
 type stores struct {
-	log      *durable.Log
-	stock    *inventory.Stock
-	payments *payments.Payments
+	log         *durable.Log
+	stock       *inventory.Stock
+	payments    *payments.Payments
+	deadLetters *durable.DeadLetters
 }
 
 type registration struct {
@@ -71,11 +78,18 @@ func registry(s stores) []registration {
 	return []registration{
 		{ordersService, createorder.New(s.log)},
 		{ordersService, getorder.New(s.log)},
+		{ordersService, cancelorder.New(s.log)},
+		{ordersService, settleorder.New(s.log)},
 		{inventoryService, restock.New(s.stock)},
 		{inventoryService, getstock.New(s.stock)},
-		{inventoryService, reservestock.New(s.stock)},
-		{paymentsService, chargepayment.New(s.payments)},
+		{inventoryService, reservestock.New(s.stock, s.log)},
+		{inventoryService, sellstock.New(s.stock, s.log)},
+		{inventoryService, releasestock.New(s.stock, s.log)},
+		{paymentsService, chargepayment.New(s.payments, s.log)},
+		{paymentsService, refundpayment.New(s.payments, s.log)},
 		{paymentsService, getpayment.New(s.payments)},
+		{deadletter.Service, deadletter.List(s.deadLetters)},
+		{deadletter.Service, deadletter.Replay(s.deadLetters)},
 	}
 }
 
@@ -127,8 +141,9 @@ func newLogger(cfg config.Config, out io.Writer) *slog.Logger {
 }
 
 func start(ctx context.Context, cfg config.Config, out io.Writer) (_ *system, err error) {
-	// Check FUNCTIONS before waiting on any server: a typo fails at once.
-	if _, err := selectFunctions(registry(stores{}), cfg.Functions); err != nil {
+	// Check FUNCTIONS and retry overrides before waiting on any server: a
+	// typo fails at once.
+	if err := checkNames(cfg); err != nil {
 		return nil, err
 	}
 	sys := &system{cfg: cfg, log: newLogger(cfg, out)}
@@ -182,17 +197,24 @@ func start(ctx context.Context, cfg config.Config, out io.Writer) (_ *system, er
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	sys.host, err = host.New(sys.nc,
+	hostOpts := []host.Option{
 		host.WithWorkers(cfg.WorkerPoolSize),
 		host.WithMaxBody(cfg.MaxRequestBytes),
 		host.WithLogger(sys.log),
 		host.WithMetrics(host.NewMetrics(reg)),
+		host.WithDeadLetters(st.deadLetters),
+		host.WithRetry(cfg.Default()),
+		host.WithAckWait(cfg.AckWait),
 		host.WithMiddleware(
 			middleware.Logging(sys.log),
 			middleware.Recover(sys.log),
 			middleware.Timeout(cfg.RequestTimeout),
-		))
-	if err != nil {
+		),
+	}
+	for fn, p := range cfg.Policies() {
+		hostOpts = append(hostOpts, host.WithRetryFor(fn, p))
+	}
+	if sys.host, err = host.New(sys.nc, hostOpts...); err != nil {
 		return nil, err
 	}
 	regs, err := selectFunctions(registry(st), cfg.Functions)
@@ -220,7 +242,7 @@ func start(ctx context.Context, cfg config.Config, out io.Writer) (_ *system, er
 			return err
 		}},
 		health.Check{Name: "streams", Fn: func(ctx context.Context) error {
-			return durable.Check(ctx, js, durable.EventStream, "KV_"+inventory.Bucket, "KV_"+payments.Bucket, "KV_"+gateway.Bucket)
+			return durable.Check(ctx, js, durable.EventStream, durable.DeadLetterStream, "KV_"+inventory.Bucket, "KV_"+payments.Bucket, "KV_"+gateway.Bucket)
 		}},
 	)
 	if cfg.HTTPAddr != "off" {
@@ -272,6 +294,10 @@ func tryOpenStores(ctx context.Context, js jetstream.JetStream, dc durable.Confi
 			return stores{}, err
 		}
 	}
+	dead, err := durable.OpenDeadLetters(ctx, js, dc)
+	if err != nil {
+		return stores{}, err
+	}
 	gw := gateway.New(buckets[gateway.Bucket], gateway.Config{
 		MaxOrderMinor: cfg.PaymentMaxOrderMinor,
 		FailureRate:   cfg.PaymentFailureRate,
@@ -280,8 +306,24 @@ func tryOpenStores(ctx context.Context, js jetstream.JetStream, dc durable.Confi
 	return stores{
 		log:      log,
 		stock:    inventory.New(buckets[inventory.Bucket]),
-		payments: payments.New(buckets[payments.Bucket], gw),
+		payments:    payments.New(buckets[payments.Bucket], gw),
+		deadLetters: dead,
 	}, nil
+}
+
+// checkNames checks the function names in FUNCTIONS and in the
+// RETRY_POLICY_<SERVICE>_<FUNCTION> overrides against the registry.
+func checkNames(cfg config.Config) error {
+	all := registry(stores{})
+	if _, err := selectFunctions(all, cfg.Functions); err != nil {
+		return err
+	}
+	for fn := range cfg.RetryPolicies {
+		if !slices.ContainsFunc(all, func(r registration) bool { return r.svc.Name+"."+r.def.Name == fn }) {
+			return fmt.Errorf("%w: RETRY_POLICY_%s: no function %s", config.ErrInvalid, strings.ToUpper(strings.ReplaceAll(fn, ".", "_")), fn)
+		}
+	}
+	return nil
 }
 
 // selectFunctions keeps the registrations FUNCTIONS names, in registry

@@ -320,7 +320,7 @@ func TestBinaryWithExternalServer(t *testing.T) {
 	for {
 		_, natsCLI := binaries(t)
 		out, err := exec.Command(natsCLI, "--server", srv.ClientURL(), "--no-context", "req", "inventory.get", `{"sku":"SKU-1"}`).CombinedOutput()
-		if err == nil && strings.Contains(string(out), `"available":10`) {
+		if err == nil && strings.Contains(string(out), `"sold":2`) {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -5,24 +5,62 @@ package chargepayment
 import (
 	"context"
 
+	"github.com/orderflow/orderflow/functions/internal/orderlog"
 	"github.com/orderflow/orderflow/functions/internal/payments"
 	"github.com/orderflow/orderflow/functions/internal/validate"
 	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
 	"github.com/orderflow/orderflow/runtime/function"
+	"github.com/orderflow/orderflow/runtime/state"
 )
 
-// New returns the payments.charge function.
-func New(p *payments.Payments) function.Definition {
-	return function.New("charge", func(ctx context.Context, req *ordersv1.ChargePaymentRequest) (*ordersv1.ChargePaymentResponse, error) {
-		if err := Validate(req); err != nil {
-			return nil, err
-		}
-		rec, err := p.Charge(ctx, req.GetOrderId(), req.GetCustomerId(), req.GetAmount())
-		if err != nil {
-			return nil, err
-		}
-		return &ordersv1.ChargePaymentResponse{OrderId: rec.GetOrderId(), Status: rec.GetStatus(), Reason: rec.GetReason()}, nil
-	}, function.WithDescription("Charge an order through the payment gateway; keyed by order id, so a repeat never captures twice."))
+// Durable is the consumer of StockReserved events.
+const Durable = "payments-charge"
+
+// New returns the payments.charge function. It also runs on every
+// StockReserved and publishes PaymentCharged or PaymentDeclined to log.
+func New(p *payments.Payments, log state.Log) function.Definition {
+	f := &charger{p: p, log: log}
+	return function.New("charge", f.request,
+		function.WithDescription("Charge an order through the payment gateway; keyed by order id, so a repeat never captures twice. Runs on StockReserved."),
+		function.On(orderlog.Stream, orderlog.On(orderlog.StockReserved), Durable, f.onReserved))
+}
+
+type charger struct {
+	p   *payments.Payments
+	log state.Log
+}
+
+func (f *charger) request(ctx context.Context, req *ordersv1.ChargePaymentRequest) (*ordersv1.ChargePaymentResponse, error) {
+	if err := Validate(req); err != nil {
+		return nil, err
+	}
+	rec, err := f.p.Charge(ctx, req.GetOrderId(), req.GetCustomerId(), req.GetAmount())
+	if err != nil {
+		return nil, err
+	}
+	return &ordersv1.ChargePaymentResponse{OrderId: rec.GetOrderId(), Status: rec.GetStatus(), Reason: rec.GetReason()}, nil
+}
+
+// onReserved charges an order whose stock is held. A gateway failure is
+// returned as a transient error: the message comes back with backoff and
+// the retry uses the same idempotency key.
+func (f *charger) onReserved(ctx context.Context, ev *ordersv1.StockReserved) error {
+	req := &ordersv1.ChargePaymentRequest{OrderId: ev.GetOrderId(), CustomerId: ev.GetCustomerId(), Amount: ev.GetAmount()}
+	if err := Validate(req); err != nil {
+		return err
+	}
+	rec, err := f.p.Charge(ctx, req.GetOrderId(), req.GetCustomerId(), req.GetAmount())
+	if err != nil {
+		return err
+	}
+	id := ev.GetOrderId()
+	switch rec.GetStatus() {
+	case ordersv1.PaymentStatus_PAYMENT_STATUS_CHARGED:
+		_, _, err = f.log.Append(ctx, orderlog.Event(id, orderlog.PaymentCharged, &ordersv1.PaymentCharged{OrderId: id, Amount: rec.GetAmount()}))
+	case ordersv1.PaymentStatus_PAYMENT_STATUS_DECLINED:
+		_, _, err = f.log.Append(ctx, orderlog.Event(id, orderlog.PaymentDeclined, &ordersv1.PaymentDeclined{OrderId: id, Reason: rec.GetReason()}))
+	}
+	return err // refunded or voided: a cancellation got here first
 }
 
 // Validate checks a charge request.

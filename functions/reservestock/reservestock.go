@@ -7,26 +7,71 @@ import (
 	"fmt"
 
 	"github.com/orderflow/orderflow/functions/internal/inventory"
+	"github.com/orderflow/orderflow/functions/internal/orderlog"
 	"github.com/orderflow/orderflow/functions/internal/validate"
 	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
 	"github.com/orderflow/orderflow/runtime/function"
+	"github.com/orderflow/orderflow/runtime/state"
 )
 
 // MaxItems bounds the items of one reservation.
 const MaxItems = 100
 
-// New returns the inventory.reserve function.
-func New(stock *inventory.Stock) function.Definition {
-	return function.New("reserve", func(ctx context.Context, req *ordersv1.ReserveStockRequest) (*ordersv1.ReserveStockResponse, error) {
-		if err := Validate(req); err != nil {
-			return nil, err
-		}
-		r, err := stock.Reserve(ctx, req.GetOrderId(), req.GetItems())
-		if err != nil {
-			return nil, err
-		}
-		return &ordersv1.ReserveStockResponse{OrderId: r.GetOrderId(), Status: r.GetStatus(), Reason: r.GetReason()}, nil
-	}, function.WithDescription("Reserve the items of an order, all or nothing; keyed by order id, so a repeat returns the first outcome."))
+// Durable is the consumer of OrderCreated events.
+const Durable = "inventory-reserve"
+
+// New returns the inventory.reserve function. It also runs on every
+// OrderCreated and publishes StockReserved or StockRejected to log.
+func New(stock *inventory.Stock, log state.Log) function.Definition {
+	f := &reserver{stock: stock, log: log}
+	return function.New("reserve", f.request,
+		function.WithDescription("Reserve the items of an order, all or nothing; keyed by order id, so a repeat returns the first outcome. Runs on OrderCreated."),
+		function.On(orderlog.Stream, orderlog.On(orderlog.Created), Durable, f.onCreated))
+}
+
+type reserver struct {
+	stock *inventory.Stock
+	log   state.Log
+}
+
+func (f *reserver) request(ctx context.Context, req *ordersv1.ReserveStockRequest) (*ordersv1.ReserveStockResponse, error) {
+	if err := Validate(req); err != nil {
+		return nil, err
+	}
+	r, err := f.stock.Reserve(ctx, req.GetOrderId(), req.GetItems())
+	if err != nil {
+		return nil, err
+	}
+	return &ordersv1.ReserveStockResponse{OrderId: r.GetOrderId(), Status: r.GetStatus(), Reason: r.GetReason()}, nil
+}
+
+// onCreated reserves a new order's stock and tells the saga how it went. A
+// redelivery finds the reservation made and publishes the same event again,
+// which the stream drops as a duplicate.
+func (f *reserver) onCreated(ctx context.Context, ev *ordersv1.OrderCreated) error {
+	o := ev.GetOrder()
+	if err := Validate(&ordersv1.ReserveStockRequest{OrderId: o.GetOrderId(), Items: o.GetItems()}); err != nil {
+		return err
+	}
+	r, err := f.stock.Reserve(ctx, o.GetOrderId(), o.GetItems())
+	if err != nil {
+		return err
+	}
+	var e state.Event
+	switch r.GetStatus() {
+	case ordersv1.ReservationStatus_RESERVATION_STATUS_RESERVED:
+		e = orderlog.Event(o.GetOrderId(), orderlog.StockReserved, &ordersv1.StockReserved{
+			OrderId:    o.GetOrderId(),
+			CustomerId: o.GetCustomerId(),
+			Amount:     &ordersv1.Money{AmountMinor: o.GetTotalMinor(), Currency: o.GetCurrency()},
+		})
+	case ordersv1.ReservationStatus_RESERVATION_STATUS_REJECTED:
+		e = orderlog.Event(o.GetOrderId(), orderlog.StockRejected, &ordersv1.StockRejected{OrderId: o.GetOrderId(), Reason: r.GetReason()})
+	default:
+		return nil // released or sold: a cancellation got here first
+	}
+	_, _, err = f.log.Append(ctx, e)
+	return err
 }
 
 // Validate checks a reservation request.

@@ -7,9 +7,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/kelseyhightower/envconfig"
+
+	"github.com/orderflow/orderflow/runtime/retry"
 )
 
 // ErrInvalid marks a bad setting; the message names the variable.
@@ -54,11 +58,62 @@ type Config struct {
 	PaymentFailureRate float64 `envconfig:"PAYMENT_FAILURE_RATE" default:"0"`
 	// PaymentLatency: mean duration of a gateway call.
 	PaymentLatency time.Duration `envconfig:"PAYMENT_LATENCY" default:"0s"`
+
+	// RetryPolicy of functions that declare none, as
+	// "attempts=5,initial=200ms,multiplier=2,max=10s,jitter=0.2".
+	RetryPolicy string `envconfig:"RETRY_POLICY" default:"attempts=5,initial=200ms,multiplier=2,max=10s,jitter=0.2"`
+	// RetryPolicies override one function's policy, whatever it declares:
+	// from RETRY_POLICY_<SERVICE>_<FUNCTION> (RETRY_POLICY_PAYMENTS_CHARGE),
+	// keyed by subject ("payments.charge"). Fields left out come from
+	// RETRY_POLICY.
+	RetryPolicies map[string]string `ignored:"true"`
+	// AckWait: how long JetStream waits for a triggered message's ack
+	// before redelivering it to another pod.
+	AckWait time.Duration `envconfig:"ACK_WAIT" default:"30s"`
+}
+
+// Default is the policy RETRY_POLICY describes.
+func (c Config) Default() retry.Policy {
+	p, _ := retry.Parse(c.RetryPolicy, retry.Default)
+	return p
+}
+
+// Policies returns the per-function overrides, keyed by subject.
+func (c Config) Policies() map[string]retry.Policy {
+	out := map[string]retry.Policy{}
+	for fn, s := range c.RetryPolicies {
+		p, err := retry.Parse(s, c.Default())
+		if err == nil {
+			out[fn] = p
+		}
+	}
+	return out
+}
+
+const retryPrefix = "RETRY_POLICY_"
+
+// retryVar is the variable that overrides fn's ("payments.charge") policy.
+func retryVar(fn string) string {
+	return retryPrefix + strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(fn))
+}
+
+func retryOverrides(environ []string) map[string]string {
+	out := map[string]string{}
+	for _, kv := range environ {
+		k, v, _ := strings.Cut(kv, "=")
+		if rest, ok := strings.CutPrefix(k, retryPrefix); ok && rest != "" {
+			// RETRY_POLICY_PAYMENTS_CHARGE -> payments.charge
+			svc, fn, _ := strings.Cut(strings.ToLower(rest), "_")
+			out[svc+"."+fn] = v
+		}
+	}
+	return out
 }
 
 // Load reads the environment.
 func Load() (Config, error) {
 	var c Config
+	c.RetryPolicies = retryOverrides(os.Environ())
 	if err := envconfig.Process("", &c); err != nil {
 		var pe *envconfig.ParseError
 		if errors.As(err, &pe) {
@@ -106,6 +161,26 @@ func (c Config) Validate() error {
 	}
 	if c.PaymentLatency < 0 {
 		bad("PAYMENT_LATENCY", "must not be negative, got %s", c.PaymentLatency)
+	}
+	if c.AckWait < time.Second {
+		bad("ACK_WAIT", "must be at least 1s, got %s", c.AckWait)
+	}
+	def, err := retry.Parse(c.RetryPolicy, retry.Default)
+	if err != nil {
+		bad("RETRY_POLICY", "%v", err)
+	}
+	for fn, s := range c.RetryPolicies {
+		p, err := retry.Parse(s, def)
+		if err != nil {
+			bad(retryVar(fn), "%v", err)
+			continue
+		}
+		if h := p.Horizon(); h >= c.DuplicateWindow {
+			bad(retryVar(fn), "retries span %s, beyond EVENT_DUPLICATE_WINDOW %s: a late retry could publish an event twice", h, c.DuplicateWindow)
+		}
+	}
+	if h := def.Horizon(); err == nil && h >= c.DuplicateWindow {
+		bad("RETRY_POLICY", "retries span %s, beyond EVENT_DUPLICATE_WINDOW %s: a late retry could publish an event twice", h, c.DuplicateWindow)
 	}
 	return errors.Join(errs...)
 }

@@ -13,6 +13,12 @@ import (
 	"github.com/orderflow/orderflow/runtime/state"
 )
 
+// The dead-letter stream and its subjects, DEADLETTER.<consumer>.
+const (
+	Stream   = "DEADLETTERS"
+	Subjects = "DEADLETTER.>"
+)
+
 // Service is the micro service the functions are registered under.
 var Service = function.Service{Name: "deadletters", Version: "0.1.0",
 	Description: "Messages that failed for good, with the reason: list and replay"}

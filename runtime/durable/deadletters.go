@@ -12,13 +12,14 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	runtimev1 "github.com/orderflow/orderflow/proto/gen/runtime/v1"
+	"github.com/orderflow/orderflow/runtime/deadletter"
 	"github.com/orderflow/orderflow/runtime/state"
 )
 
 // The dead-letter stream: messages that failed for good, with the reason.
 const (
-	DeadLetterStream   = "DEADLETTERS"
-	DeadLetterSubjects = "DEADLETTER.>"
+	DeadLetterStream   = deadletter.Stream
+	DeadLetterSubjects = deadletter.Subjects
 )
 
 // ErrNotFound is returned for a dead letter that is not (or no longer) there.

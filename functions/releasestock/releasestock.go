@@ -1,0 +1,76 @@
+// Package releasestock is the inventory.release function: give an order's
+// units back when its payment is declined or refunded.
+package releasestock
+
+import (
+	"context"
+
+	"github.com/orderflow/orderflow/functions/internal/inventory"
+	"github.com/orderflow/orderflow/functions/internal/orderlog"
+	"github.com/orderflow/orderflow/functions/internal/validate"
+	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
+	"github.com/orderflow/orderflow/runtime/function"
+	"github.com/orderflow/orderflow/runtime/retry"
+	"github.com/orderflow/orderflow/runtime/state"
+)
+
+// Consumers of the events that end in a release.
+const (
+	DurableDeclined = "inventory-release-declined"
+	DurableRefunded = "inventory-release-refunded"
+)
+
+// MaxReason bounds a caller's reason.
+const MaxReason = 512
+
+// New returns the inventory.release function. It also runs on every
+// PaymentDeclined and PaymentRefunded and publishes StockReleased to log.
+// It is compensation, which must happen, so it retries without limit.
+func New(stock *inventory.Stock, log state.Log) function.Definition {
+	f := &releaser{stock: stock, log: log}
+	return function.New("release", f.request,
+		function.WithDescription("Give an order's units back to available; released once. Runs on PaymentDeclined and PaymentRefunded."),
+		function.WithRetry(retry.Default.Forever()),
+		function.On(orderlog.Stream, orderlog.On(orderlog.PaymentDeclined), DurableDeclined, func(ctx context.Context, ev *ordersv1.PaymentDeclined) error {
+			return f.release(ctx, ev.GetOrderId(), "payment declined: "+ev.GetReason())
+		}),
+		function.On(orderlog.Stream, orderlog.On(orderlog.PaymentRefunded), DurableRefunded, func(ctx context.Context, ev *ordersv1.PaymentRefunded) error {
+			return f.release(ctx, ev.GetOrderId(), ev.GetReason())
+		}))
+}
+
+type releaser struct {
+	stock *inventory.Stock
+	log   state.Log
+}
+
+func (f *releaser) request(ctx context.Context, req *ordersv1.ReleaseStockRequest) (*ordersv1.ReleaseStockResponse, error) {
+	if err := validate.OrderID("order_id", req.GetOrderId()); err != nil {
+		return nil, err
+	}
+	if len(req.GetReason()) > MaxReason {
+		return nil, function.Invalid("reason", "at most %d bytes", MaxReason)
+	}
+	r, err := f.stock.Release(ctx, req.GetOrderId(), req.GetReason())
+	if err != nil {
+		return nil, err
+	}
+	return &ordersv1.ReleaseStockResponse{OrderId: req.GetOrderId(), Status: r.GetStatus()}, nil
+}
+
+// release gives the units back and, once they are back, says so: the order
+// is CANCELLED only after this event.
+func (f *releaser) release(ctx context.Context, id, reason string) error {
+	if err := validate.OrderID("order_id", id); err != nil {
+		return err
+	}
+	r, err := f.stock.Release(ctx, id, reason)
+	if err != nil {
+		return err
+	}
+	if r.GetStatus() != ordersv1.ReservationStatus_RESERVATION_STATUS_RELEASED {
+		return nil // rejected: nothing was held, and the order ends REJECTED
+	}
+	_, _, err = f.log.Append(ctx, orderlog.Event(id, orderlog.StockReleased, &ordersv1.StockReleased{OrderId: id, Reason: r.GetReason()}))
+	return err
+}
