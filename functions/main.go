@@ -304,8 +304,8 @@ func tryOpenStores(ctx context.Context, js jetstream.JetStream, dc durable.Confi
 		Latency:       cfg.PaymentLatency,
 	})
 	return stores{
-		log:      log,
-		stock:    inventory.New(buckets[inventory.Bucket]),
+		log:         log,
+		stock:       inventory.New(buckets[inventory.Bucket]),
 		payments:    payments.New(buckets[payments.Bucket], gw),
 		deadLetters: dead,
 	}, nil
