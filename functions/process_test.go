@@ -31,8 +31,8 @@ var (
 	buildErr  error
 )
 
-// binaries builds the host and the nats CLI once per test run. A missing
-// tool fails the test; it never skips.
+// binaries builds the host, the nats CLI and nats-server once per test run.
+// A missing tool fails the test; it never skips.
 func binaries(t *testing.T) (host, natsCLI string) {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -43,6 +43,7 @@ func binaries(t *testing.T) (host, natsCLI string) {
 		for _, b := range [][]string{
 			{"build", "-o", filepath.Join(binDir, "orderflow"), "."},
 			{"build", "-o", filepath.Join(binDir, "nats"), "github.com/nats-io/natscli/nats"},
+			{"build", "-o", filepath.Join(binDir, "nats-server"), "github.com/nats-io/nats-server/v2"},
 		} {
 			out, err := exec.Command("go", b...).CombinedOutput()
 			if err != nil {
