@@ -241,6 +241,7 @@ func start(ctx context.Context, cfg config.Config, out io.Writer) (_ *system, er
 			_, err := js.AccountInfo(ctx)
 			return err
 		}},
+		health.Check{Name: "functions", Fn: func(context.Context) error { return sys.host.Ready() }},
 		health.Check{Name: "streams", Fn: func(ctx context.Context) error {
 			return durable.Check(ctx, js, durable.EventStream, durable.DeadLetterStream, "KV_"+inventory.Bucket, "KV_"+payments.Bucket, "KV_"+gateway.Bucket)
 		}},

@@ -295,6 +295,23 @@ func (h *Host) Drain(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// Ready reports whether the host serves: started, every endpoint subscribed
+// and every trigger consuming. For readiness probes.
+func (h *Host) Ready() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.started || !h.consuming && len(h.triggers) > 0 {
+		return errors.New("not started")
+	}
+	var errs []error
+	for _, tr := range h.triggers {
+		if !tr.consuming() {
+			errs = append(errs, fmt.Errorf("consumer %s not bound", tr.t.Durable))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 func verbSubjects(v micro.Verb, name, id string) []string {
 	out := make([]string, 0, 3)
 	for _, kv := range [][2]string{{"", ""}, {name, ""}, {name, id}} {

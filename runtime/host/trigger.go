@@ -87,6 +87,12 @@ func (tr *trigger) run(js jetstream.JetStream, c jetstream.Consumer, wg *sync.Wa
 	}
 }
 
+func (tr *trigger) consuming() bool {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	return tr.iter != nil && !tr.stop
+}
+
 func (tr *trigger) stopped() bool {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
@@ -117,6 +123,9 @@ func (tr *trigger) consume(c jetstream.Consumer, wg *sync.WaitGroup) bool {
 			}
 			tr.log.Warn("consumer stopped, binding again", "consumer", tr.t.Durable, "error", err)
 			it.Stop()
+			tr.mu.Lock()
+			tr.iter = nil
+			tr.mu.Unlock()
 			return false
 		}
 		tr.e.slots <- struct{}{}

@@ -99,3 +99,60 @@ func TestTerminalEventsShareOneMessageID(t *testing.T) {
 		t.Error("non-terminal events share an id")
 	}
 }
+
+func TestOutcome(t *testing.T) {
+	cancelReq := rec(orderlog.CancelRequested, &ordersv1.CancelRequested{OrderId: "o-1", Reason: "customer"})
+	rejectedStock := rec(orderlog.StockRejected, &ordersv1.StockRejected{OrderId: "o-1", Reason: "no stock"})
+	releasedStock := rec(orderlog.StockReleased, &ordersv1.StockReleased{OrderId: "o-1", Reason: "payment declined"})
+	tests := []struct {
+		name string
+		recs []state.Record
+		want string
+	}{
+		{"pending", []state.Record{created}, ""},
+		{"paid, not sold yet", []state.Record{created, reserved, charged}, ""},
+		{"sold", []state.Record{created, reserved, charged, sold}, orderlog.Confirmed},
+		{"sold after a cancel request", []state.Record{created, reserved, charged, cancelReq, sold}, ""},
+		{"cancel requested, not released yet", []state.Record{created, reserved, cancelReq}, ""},
+		{"released", []state.Record{created, reserved, declined, releasedStock}, orderlog.Cancelled},
+		{"sold, then released by a cancel", []state.Record{created, reserved, charged, cancelReq, sold, releasedStock}, orderlog.Cancelled},
+		{"rejected stock", []state.Record{created, rejectedStock}, orderlog.Rejected},
+		{"rejected stock, then a cancel", []state.Record{created, rejectedStock, cancelReq}, orderlog.Rejected},
+		{"already terminal", []state.Record{created, reserved, charged, sold, confirmed}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for i := range tt.recs {
+				tt.recs[i].Sequence = uint64(i + 1)
+			}
+			st, err := orderlog.Fold(tt.recs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := st.Outcome(); got != tt.want {
+				t.Errorf("Outcome = %q, want %q", got, tt.want)
+			}
+			if st.LastSequence != uint64(len(tt.recs)) {
+				t.Errorf("LastSequence = %d, want %d", st.LastSequence, len(tt.recs))
+			}
+		})
+	}
+	st, _ := orderlog.Fold([]state.Record{created, reserved, declined, releasedStock})
+	if _, p := st.Outcome(); p.(*ordersv1.OrderCancelled).GetReason() != "payment declined" {
+		t.Errorf("cancel reason %q", p.(*ordersv1.OrderCancelled).GetReason())
+	}
+}
+
+func TestOrderID(t *testing.T) {
+	for subject, want := range map[string]string{
+		"ORDER.o-1.created": "o-1",
+		"ORDER.o-1":         "",
+		"DEADLETTER.x":      "",
+		"ORDER..created":    "",
+		"ORDER.a.b.c":       "",
+	} {
+		if got := orderlog.OrderID(subject); got != want {
+			t.Errorf("OrderID(%q) = %q, want %q", subject, got, want)
+		}
+	}
+}
