@@ -162,8 +162,8 @@ func (c Config) Validate() error {
 	if c.PaymentLatency < 0 {
 		bad("PAYMENT_LATENCY", "must not be negative, got %s", c.PaymentLatency)
 	}
-	if c.AckWait < time.Second {
-		bad("ACK_WAIT", "must be at least 1s, got %s", c.AckWait)
+	if c.AckWait < time.Second || c.AckWait <= c.RequestTimeout {
+		bad("ACK_WAIT", "must be at least 1s and above REQUEST_TIMEOUT (%s), got %s", c.RequestTimeout, c.AckWait)
 	}
 	def, err := retry.Parse(c.RetryPolicy, retry.Default)
 	if err != nil {

@@ -20,6 +20,22 @@ func TestDefaults(t *testing.T) {
 	}
 }
 
+func TestRetryOverrides(t *testing.T) {
+	t.Setenv("RETRY_POLICY", "attempts=4,initial=10ms,max=1s")
+	t.Setenv("RETRY_POLICY_PAYMENTS_CHARGE", "attempts=9")
+	c, err := config.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Default().MaxAttempts != 4 {
+		t.Errorf("default policy %v", c.Default())
+	}
+	p, ok := c.Policies()["payments.charge"]
+	if !ok || p.MaxAttempts != 9 || p.Initial != 10*time.Millisecond {
+		t.Errorf("override %v (%v), want 9 attempts on the default's backoff", p, ok)
+	}
+}
+
 func TestParse(t *testing.T) {
 	t.Setenv("FUNCTIONS", "orders,inventory.get")
 	t.Setenv("PAYMENT_LATENCY", "300ms")
@@ -46,6 +62,10 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{"HTTP_ADDR", "8080"},
 		{"LOG_LEVEL", "loud"},
 		{"EVENT_DUPLICATE_WINDOW", "1ms"},
+		{"ACK_WAIT", "2s"}, // not above REQUEST_TIMEOUT
+		{"RETRY_POLICY", "attempts=many"},
+		{"RETRY_POLICY_PAYMENTS_CHARGE", "jitter=3"},
+		{"RETRY_POLICY_PAYMENTS_CHARGE", "attempts=40,initial=1m,max=1h"}, // outlasts the duplicate window
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+"="+tt.value, func(t *testing.T) {
