@@ -307,7 +307,9 @@ func TestFaults(t *testing.T) {
 	t.Logf("%d dead letters", len(dls.GetDeadLetters()))
 }
 
-func isTerminal(s ordersv1.OrderStatus) bool { return s == confirmed || s == rejected || s == cancelled }
+func isTerminal(s ordersv1.OrderStatus) bool {
+	return s == confirmed || s == rejected || s == cancelled
+}
 
 func waitCount(n *atomic.Int32, want int) {
 	for int(n.Load()) < want {
