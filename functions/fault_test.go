@@ -108,7 +108,8 @@ func TestFaults(t *testing.T) {
 		"PAYMENT_FAILURE_RATE=0.3",
 		"PAYMENT_MAX_ORDER_MINOR=100000",
 		"RETRY_POLICY=attempts=8,initial=20ms,multiplier=2,max=400ms,jitter=0.2",
-		"ACK_WAIT=2s",
+		"ACK_WAIT=3s",
+		"REQUEST_TIMEOUT=2s",
 	}
 	hostA := startBinary(t, t.TempDir(), hostEnv...)
 	startBinary(t, t.TempDir(), hostEnv...) // host B runs throughout

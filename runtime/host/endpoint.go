@@ -60,16 +60,18 @@ func (e *endpoint) serve(m *nats.Msg) {
 		reply.Header.Set("Content-Type", enc.ContentType())
 		reply.Data = body
 	}
+	// Record before replying, so a caller that asks for stats right after
+	// its reply sees its call counted.
+	elapsed := time.Since(start)
+	e.end(elapsed, code, desc)
+	e.metrics.inFlight.Dec()
+	e.metrics.observe(elapsed, code)
+
 	if m.Reply != "" {
 		if rerr := m.RespondMsg(reply); rerr != nil {
 			e.log.Warn("reply failed", "function", e.subject, "error", rerr)
 		}
 	}
-
-	elapsed := time.Since(start)
-	e.end(elapsed, code, desc)
-	e.metrics.inFlight.Dec()
-	e.metrics.observe(elapsed, code)
 }
 
 func (e *endpoint) call(m *nats.Msg, enc codec.Encoding) ([]byte, error) {
