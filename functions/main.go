@@ -24,6 +24,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/orderflow/orderflow/functions/cancelorder"
 	"github.com/orderflow/orderflow/functions/chargepayment"
@@ -40,6 +41,7 @@ import (
 	"github.com/orderflow/orderflow/functions/restock"
 	"github.com/orderflow/orderflow/functions/sellstock"
 	"github.com/orderflow/orderflow/functions/settleorder"
+	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
 	"github.com/orderflow/orderflow/runtime/config"
 	"github.com/orderflow/orderflow/runtime/deadletter"
 	"github.com/orderflow/orderflow/runtime/durable"
@@ -48,6 +50,7 @@ import (
 	"github.com/orderflow/orderflow/runtime/host"
 	"github.com/orderflow/orderflow/runtime/middleware"
 	"github.com/orderflow/orderflow/runtime/natsserver"
+	"github.com/orderflow/orderflow/runtime/telemetry"
 )
 
 // The micro services, as `nats micro list` shows them.
@@ -66,6 +69,8 @@ type stores struct {
 	stock       *inventory.Stock
 	payments    *payments.Payments
 	deadLetters *durable.DeadLetters
+	// settled learns of every order this host ends, for the saga metrics.
+	settled settleorder.Observer
 }
 
 type registration struct {
@@ -79,7 +84,7 @@ func registry(s stores) []registration {
 		{ordersService, createorder.New(s.log)},
 		{ordersService, getorder.New(s.log)},
 		{ordersService, cancelorder.New(s.log)},
-		{ordersService, settleorder.New(s.log)},
+		{ordersService, settleorder.New(s.log, s.settled)},
 		{inventoryService, restock.New(s.stock)},
 		{inventoryService, getstock.New(s.stock)},
 		{inventoryService, reservestock.New(s.stock, s.log)},
@@ -97,6 +102,9 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	cfg, err := config.Load()
+	if err == nil {
+		err = telemetry.FromEnv().Validate()
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "orderflow:", err)
 		os.Exit(2)
@@ -109,7 +117,7 @@ func main() {
 
 // run serves until ctx ends, then drains.
 func run(ctx context.Context, cfg config.Config, out io.Writer) error {
-	sys, err := start(ctx, cfg, out)
+	sys, err := start(ctx, cfg, out, nil)
 	if err != nil {
 		return err
 	}
@@ -123,6 +131,8 @@ type system struct {
 	log    *slog.Logger
 	srv    *server.Server // nil when NATS_URL is set
 	nc     *nats.Conn
+	// tracing is flushed on shutdown when the system set it up itself.
+	tracing *telemetry.Tracing
 	host   *host.Host
 	health *health.Handler
 	http   *http.Server
@@ -130,17 +140,22 @@ type system struct {
 	httpAddr string
 }
 
+// newLogger logs JSON, or text on a terminal, with the trace, span,
+// function and order of the call on every line logged with its context.
 func newLogger(cfg config.Config, out io.Writer) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	var h slog.Handler = slog.NewJSONHandler(out, opts)
 	if f, ok := out.(*os.File); ok {
 		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
-			return slog.New(slog.NewTextHandler(out, opts))
+			h = slog.NewTextHandler(out, opts)
 		}
 	}
-	return slog.New(slog.NewJSONHandler(out, opts))
+	return slog.New(telemetry.LogHandler(h))
 }
 
-func start(ctx context.Context, cfg config.Config, out io.Writer) (_ *system, err error) {
+// start brings the system up. tp traces it; nil sets tracing up from the
+// OTEL_* variables (off unless OTEL_TRACES_EXPORTER says otherwise).
+func start(ctx context.Context, cfg config.Config, out io.Writer, tp trace.TracerProvider) (_ *system, err error) {
 	// Check FUNCTIONS and retry overrides before waiting on any server: a
 	// typo fails at once.
 	if err := checkNames(cfg); err != nil {
@@ -152,6 +167,13 @@ func start(ctx context.Context, cfg config.Config, out io.Writer) (_ *system, er
 			sys.close()
 		}
 	}()
+	if tp == nil {
+		tr, err := telemetry.Setup(ctx, telemetry.FromEnv(), "orderflow")
+		if err != nil {
+			return nil, err
+		}
+		sys.tracing, tp = &tr, tr.Provider
+	}
 
 	url := cfg.NATSURL
 	var connOpts []nats.Option
@@ -190,13 +212,14 @@ func start(ctx context.Context, cfg config.Config, out io.Writer) (_ *system, er
 	if err != nil {
 		return nil, err
 	}
-	st, err := openStores(ctx, js, cfg, sys.log)
+	st, err := openStores(ctx, js, cfg, tp, sys.log)
 	if err != nil {
 		return nil, err
 	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	st.settled = newSagaMetrics(reg)
 	hostOpts := []host.Option{
 		host.WithWorkers(cfg.WorkerPoolSize),
 		host.WithMaxBody(cfg.MaxRequestBytes),
@@ -205,6 +228,7 @@ func start(ctx context.Context, cfg config.Config, out io.Writer) (_ *system, er
 		host.WithDeadLetters(st.deadLetters),
 		host.WithRetry(cfg.Default()),
 		host.WithAckWait(cfg.AckWait),
+		host.WithTracerProvider(tp),
 		host.WithMiddleware(
 			middleware.Logging(sys.log),
 			middleware.Recover(sys.log),
@@ -217,6 +241,7 @@ func start(ctx context.Context, cfg config.Config, out io.Writer) (_ *system, er
 	if sys.host, err = host.New(sys.nc, hostOpts...); err != nil {
 		return nil, err
 	}
+	reg.MustRegister(sys.host.Collector())
 	regs, err := selectFunctions(registry(st), cfg.Functions)
 	if err != nil {
 		return nil, err
@@ -266,8 +291,8 @@ func start(ctx context.Context, cfg config.Config, out io.Writer) (_ *system, er
 
 // openStores declares the streams and buckets, waiting for JetStream when
 // the server is not up yet: pods may start before it.
-func openStores(ctx context.Context, js jetstream.JetStream, cfg config.Config, log *slog.Logger) (stores, error) {
-	dc := durable.Config{Replicas: cfg.StreamReplicas, DuplicateWindow: cfg.DuplicateWindow}
+func openStores(ctx context.Context, js jetstream.JetStream, cfg config.Config, tp trace.TracerProvider, log *slog.Logger) (stores, error) {
+	dc := durable.Config{Replicas: cfg.StreamReplicas, DuplicateWindow: cfg.DuplicateWindow, Tracing: tp}
 	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
 		st, err := tryOpenStores(ctx, js, dc, cfg)
 		if err == nil {
@@ -310,6 +335,26 @@ func tryOpenStores(ctx context.Context, js jetstream.JetStream, dc durable.Confi
 		payments:    payments.New(buckets[payments.Bucket], gw),
 		deadLetters: dead,
 	}, nil
+}
+
+// newSagaMetrics registers the saga's metrics and returns the observer that
+// feeds them.
+func newSagaMetrics(reg prometheus.Registerer) settleorder.Observer {
+	ended := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "orderflow", Name: "orders_ended_total",
+		Help: "Orders this host brought to a terminal status, by status.",
+	}, []string{"status"})
+	took := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "orderflow", Name: "order_duration_seconds",
+		Help:    "Time from an order's creation to its terminal status, end to end through the saga.",
+		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+	}, []string{"status"})
+	reg.MustRegister(ended, took)
+	return func(status ordersv1.OrderStatus, d time.Duration) {
+		name := strings.TrimPrefix(status.String(), "ORDER_STATUS_")
+		ended.WithLabelValues(name).Inc()
+		took.WithLabelValues(name).Observe(d.Seconds())
+	}
 }
 
 // checkNames checks the function names in FUNCTIONS and in the
@@ -371,6 +416,11 @@ func (s *system) shutdown() error {
 	if s.http != nil {
 		if err := s.http.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("HTTP shutdown: %w", err))
+		}
+	}
+	if s.tracing != nil {
+		if err := s.tracing.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("flush traces: %w", err))
 		}
 	}
 	s.close()

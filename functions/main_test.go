@@ -51,7 +51,7 @@ func startSystem(t *testing.T, mutate ...func(*config.Config)) *testSystem {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	sys, err := start(ctx, cfg, io.Discard)
+	sys, err := start(ctx, cfg, io.Discard, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -225,7 +225,7 @@ func startSystemOn(t *testing.T, s *testSystem, mutate ...func(*config.Config)) 
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	sys, err := start(ctx, cfg, io.Discard)
+	sys, err := start(ctx, cfg, io.Discard, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

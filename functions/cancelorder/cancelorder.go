@@ -65,6 +65,7 @@ func (f *canceller) onDeadLetter(ctx context.Context, dl *runtimev1.DeadLetter) 
 	if id == "" || validate.OrderID("order_id", id) != nil {
 		return nil // not an order's event: nothing to compensate
 	}
+	function.Annotate(ctx, "order_id", id)
 	reason := fmt.Sprintf("%s gave up after %d attempts: %s", dl.GetFunction(), dl.GetAttempts(), dl.GetError())
 	if len(reason) > MaxReason {
 		reason = reason[:MaxReason]

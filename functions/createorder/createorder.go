@@ -77,6 +77,7 @@ func (c *creator) create(ctx context.Context, req *ordersv1.CreateOrderRequest) 
 		id = u.String()
 	}
 
+	function.Annotate(ctx, "order_id", id)
 	order := &ordersv1.Order{
 		OrderId:        id,
 		CustomerId:     req.GetCustomerId(),

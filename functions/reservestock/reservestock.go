@@ -50,6 +50,7 @@ func (f *reserver) request(ctx context.Context, req *ordersv1.ReserveStockReques
 // which the stream drops as a duplicate.
 func (f *reserver) onCreated(ctx context.Context, ev *ordersv1.OrderCreated) error {
 	o := ev.GetOrder()
+	function.Annotate(ctx, "order_id", o.GetOrderId())
 	if err := Validate(&ordersv1.ReserveStockRequest{OrderId: o.GetOrderId(), Items: o.GetItems()}); err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ package settleorder
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/orderflow/orderflow/functions/internal/orderlog"
 	"github.com/orderflow/orderflow/functions/internal/validate"
@@ -21,11 +22,19 @@ const (
 	DurableReleased = "orders-settle-released"
 )
 
-// New returns the orders.settle function, appending to log. It runs on
-// StockSold, StockRejected and StockReleased; recording the end of an order
-// must happen, so it retries without limit.
-func New(log state.Log) function.Definition {
-	f := &settler{log: log}
+// Observer learns of every order this function ends: its terminal status and
+// how long it took from creation. Metrics hang here.
+type Observer func(status ordersv1.OrderStatus, sinceCreated time.Duration)
+
+// New returns the orders.settle function, appending to log and telling obs
+// (which may be nil) of each order it ends. It runs on StockSold,
+// StockRejected and StockReleased; recording the end of an order must
+// happen, so it retries without limit.
+func New(log state.Log, obs Observer) function.Definition {
+	if obs == nil {
+		obs = func(ordersv1.OrderStatus, time.Duration) {}
+	}
+	f := &settler{log: log, obs: obs, now: time.Now}
 	return function.New("settle", f.request,
 		function.WithDescription("Write an order's terminal status once its stock effect is done: CONFIRMED after the sale, REJECTED, or CANCELLED after the release. Idempotent."),
 		function.WithRetry(retry.Default.Forever()),
@@ -40,7 +49,11 @@ func New(log state.Log) function.Definition {
 		}))
 }
 
-type settler struct{ log state.Log }
+type settler struct {
+	log state.Log
+	obs Observer
+	now func() time.Time
+}
 
 func (f *settler) request(ctx context.Context, req *ordersv1.SettleOrderRequest) (*ordersv1.SettleOrderResponse, error) {
 	if err := validate.OrderID("order_id", req.GetOrderId()); err != nil {
@@ -78,7 +91,15 @@ func (f *settler) settle(ctx context.Context, id string) (*orderlog.State, error
 		if event == "" || attempt >= state.MaxAttempts {
 			return st, nil
 		}
-		_, err = orderlog.Append(ctx, f.log, st, event, payload)
+		dup, err := orderlog.Append(ctx, f.log, st, event, payload)
+		if err == nil && !dup {
+			status := map[string]ordersv1.OrderStatus{
+				orderlog.Confirmed: ordersv1.OrderStatus_ORDER_STATUS_CONFIRMED,
+				orderlog.Rejected:  ordersv1.OrderStatus_ORDER_STATUS_REJECTED,
+				orderlog.Cancelled: ordersv1.OrderStatus_ORDER_STATUS_CANCELLED,
+			}[event]
+			f.obs(status, f.now().Sub(st.Order.GetCreatedAt().AsTime()))
+		}
 		if errors.Is(err, state.ErrConflict) {
 			err = state.Backoff(ctx, attempt) // another event came first: decide again
 		}

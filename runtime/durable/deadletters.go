@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/synadia-io/orbit.go/jetstreamext"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
 	runtimev1 "github.com/orderflow/orderflow/proto/gen/runtime/v1"
@@ -43,6 +44,7 @@ func DeadLetterStreamConfig(c Config) jetstream.StreamConfig {
 type DeadLetters struct {
 	js     jetstream.JetStream
 	stream string
+	tracer trace.Tracer
 }
 
 // OpenDeadLetters creates or updates the dead-letter stream.
@@ -50,7 +52,7 @@ func OpenDeadLetters(ctx context.Context, js jetstream.JetStream, c Config) (*De
 	if _, err := js.CreateOrUpdateStream(ctx, DeadLetterStreamConfig(c)); err != nil {
 		return nil, fmt.Errorf("stream %s: %w", DeadLetterStream, err)
 	}
-	return &DeadLetters{js: js, stream: DeadLetterStream}, nil
+	return &DeadLetters{js: js, stream: DeadLetterStream, tracer: c.tracer()}, nil
 }
 
 // Put stores a dead letter on DEADLETTER.<consumer>. Its message id is the
@@ -66,10 +68,13 @@ func (d *DeadLetters) Put(ctx context.Context, dl *runtimev1.DeadLetter) error {
 	m.Header.Set("Content-Type", "application/protobuf")
 	m.Header.Set(EventTypeHeader, string(dl.ProtoReflect().Descriptor().FullName()))
 	id := fmt.Sprintf("%s/%d/%s", dl.GetStream(), dl.GetStreamSequence(), dl.GetConsumer())
-	if _, err := d.js.PublishMsg(ctx, m, jetstream.WithMsgID(id)); err != nil {
-		return fmt.Errorf("dead letter %s: %w", id, err)
+	ctx, span := startPublish(ctx, d.tracer, m, id)
+	ack, err := d.js.PublishMsg(ctx, m, jetstream.WithMsgID(id))
+	if err != nil {
+		err = fmt.Errorf("dead letter %s: %w", id, err)
 	}
-	return nil
+	endPublish(span, ack, err)
+	return err
 }
 
 // List returns up to limit dead letters after sequence after, oldest first.

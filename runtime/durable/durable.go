@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 )
 
 // Names of the JetStream resources orderflow uses.
@@ -28,6 +30,17 @@ type Config struct {
 	// DuplicateWindow is how long the event stream remembers message ids. It
 	// must outlast the longest retry horizon, or a late retry publishes twice.
 	DuplicateWindow time.Duration
+	// Tracing gives publishes a producer span and puts its context in the
+	// message headers (default: no tracing).
+	Tracing trace.TracerProvider
+}
+
+func (c Config) tracer() trace.Tracer {
+	tp := c.Tracing
+	if tp == nil {
+		tp = noop.NewTracerProvider()
+	}
+	return tp.Tracer("github.com/orderflow/orderflow/runtime/durable")
 }
 
 func (c Config) withDefaults() Config {
@@ -63,7 +76,7 @@ func OpenLog(ctx context.Context, js jetstream.JetStream, c Config) (*Log, error
 	if _, err := js.CreateOrUpdateStream(ctx, EventStreamConfig(c)); err != nil {
 		return nil, fmt.Errorf("stream %s: %w", EventStream, err)
 	}
-	return &Log{js: js, stream: EventStream}, nil
+	return &Log{js: js, stream: EventStream, tracer: c.tracer()}, nil
 }
 
 // OpenBucket creates or updates the KV bucket name and enables atomic batch

@@ -8,6 +8,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/synadia-io/orbit.go/jetstreamext"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/orderflow/orderflow/runtime/state"
 )
@@ -20,6 +21,7 @@ const EventTypeHeader = "Event-Type"
 type Log struct {
 	js     jetstream.JetStream
 	stream string
+	tracer trace.Tracer
 }
 
 var _ state.Log = (*Log)(nil)
@@ -38,6 +40,7 @@ func (l *Log) Append(ctx context.Context, e state.Event) (uint64, bool, error) {
 	}
 	m.Header.Set(EventTypeHeader, string(e.Payload.ProtoReflect().Descriptor().FullName()))
 	m.Header.Set("Content-Type", "application/protobuf")
+	ctx, span := startPublish(ctx, l.tracer, m, e.ID)
 	var opts []jetstream.PublishOpt
 	if e.ID != "" {
 		opts = append(opts, jetstream.WithMsgID(e.ID))
@@ -47,10 +50,13 @@ func (l *Log) Append(ctx context.Context, e state.Event) (uint64, bool, error) {
 	}
 	ack, err := l.js.PublishMsg(ctx, m, opts...)
 	if isConflict(err) {
-		return 0, false, fmt.Errorf("publish %s: %w", e.Subject, state.ErrConflict)
+		err = fmt.Errorf("publish %s: %w", e.Subject, state.ErrConflict)
+	} else if err != nil {
+		err = fmt.Errorf("publish %s: %w", e.Subject, err)
 	}
+	endPublish(span, ack, err)
 	if err != nil {
-		return 0, false, fmt.Errorf("publish %s: %w", e.Subject, err)
+		return 0, false, err
 	}
 	return ack.Sequence, ack.Duplicate, nil
 }

@@ -1,6 +1,9 @@
 package function
 
-import "context"
+import (
+	"context"
+	"sync"
+)
 
 // Header carries message headers to a function without exposing the
 // transport. Keys are matched exactly, as NATS does.
@@ -28,6 +31,45 @@ type Call struct {
 	// Trigger is the durable consumer that delivered the message, or ""
 	// for a request.
 	Trigger string
+
+	notes *notes
+}
+
+// notes are key-value annotations of a call, set by the function as it
+// learns them (the order id it created, say) and read by the runtime for
+// log lines and span attributes.
+type notes struct {
+	mu sync.Mutex
+	kv []string
+}
+
+// Annotate records key=value on the call in ctx: the runtime puts it on the
+// call's log lines and span. A key set twice keeps the last value.
+func Annotate(ctx context.Context, key, value string) {
+	n := CallFrom(ctx).notes
+	if n == nil {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for i := 0; i < len(n.kv); i += 2 {
+		if n.kv[i] == key {
+			n.kv[i+1] = value
+			return
+		}
+	}
+	n.kv = append(n.kv, key, value)
+}
+
+// Annotations returns the call's annotations as key, value pairs.
+func Annotations(ctx context.Context) []string {
+	n := CallFrom(ctx).notes
+	if n == nil {
+		return nil
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]string(nil), n.kv...)
 }
 
 // Name is "<service>.<function>", the subject of the function's endpoint.
@@ -37,6 +79,9 @@ type callKey struct{}
 
 // WithCall returns ctx carrying c; the host calls it for every message.
 func WithCall(ctx context.Context, c Call) context.Context {
+	if c.notes == nil {
+		c.notes = &notes{}
+	}
 	return context.WithValue(ctx, callKey{}, c)
 }
 

@@ -10,8 +10,13 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
+	"go.opentelemetry.io/otel/attribute"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/orderflow/orderflow/runtime/codec"
 	"github.com/orderflow/orderflow/runtime/function"
+	"github.com/orderflow/orderflow/runtime/telemetry"
 )
 
 // endpoint is one function served on "<service>.<name>".
@@ -23,6 +28,7 @@ type endpoint struct {
 	slots   chan struct{}
 	sub     *nats.Subscription
 	metrics fnMetrics
+	tracer  trace.Tracer
 	log     *slog.Logger
 	limit   int
 
@@ -41,14 +47,30 @@ func (e *endpoint) metadata() map[string]string {
 
 var errNilResponse = errors.New("function returned no response")
 
-// serve runs one request to the end: decode, call, encode, reply, record.
+// serve runs one request to the end: decode, call, encode, reply, record,
+// inside a server span that continues the caller's trace context.
 func (e *endpoint) serve(m *nats.Msg) {
 	start := time.Now()
 	e.begin()
 	e.metrics.inFlight.Inc()
 
+	ctx := telemetry.Extract(context.Background(), m.Header)
+	ctx, span := e.tracer.Start(ctx, e.subject, trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(
+		messagingSystem,
+		semconv.MessagingOperationTypeProcess,
+		semconv.MessagingDestinationName(m.Subject),
+		semconv.MessagingConsumerGroupName(QueueGroup),
+		attribute.String("orderflow.function", e.subject),
+	))
+	ctx = function.WithCall(ctx, function.Call{
+		Service:  e.svc.info.Name,
+		Function: e.def.Name,
+		Subject:  m.Subject,
+		Header:   function.Header(m.Header),
+		Attempt:  1,
+	})
 	enc := codec.Detect(m.Header.Get("Content-Type"), m.Data)
-	body, err := e.call(m, enc)
+	body, err := e.call(ctx, m, enc)
 
 	var code, desc string
 	reply := &nats.Msg{Header: nats.Header{}}
@@ -60,6 +82,7 @@ func (e *endpoint) serve(m *nats.Msg) {
 		reply.Header.Set("Content-Type", enc.ContentType())
 		reply.Data = body
 	}
+	endSpan(ctx, span, err, "")
 	// Record before replying, so a caller that asks for stats right after
 	// its reply sees its call counted.
 	elapsed := time.Since(start)
@@ -74,7 +97,7 @@ func (e *endpoint) serve(m *nats.Msg) {
 	}
 }
 
-func (e *endpoint) call(m *nats.Msg, enc codec.Encoding) ([]byte, error) {
+func (e *endpoint) call(ctx context.Context, m *nats.Msg, enc codec.Encoding) ([]byte, error) {
 	if err := codec.Limit(m.Data, e.limit); err != nil {
 		return nil, err
 	}
@@ -82,12 +105,7 @@ func (e *endpoint) call(m *nats.Msg, enc codec.Encoding) ([]byte, error) {
 	if err := codec.Decode(enc, m.Data, req); err != nil {
 		return nil, err
 	}
-	ctx := function.WithCall(context.Background(), function.Call{
-		Service:  e.svc.info.Name,
-		Function: e.def.Name,
-		Subject:  m.Subject,
-		Header:   function.Header(m.Header),
-	})
+	annotateOrderID(ctx, req)
 	resp, err := e.handler(ctx, req)
 	if err != nil {
 		return nil, err

@@ -123,6 +123,7 @@ func (h *Host) Add(svc function.Service, def function.Definition) error {
 		handler: function.Chain(def.Handler, reqChain...),
 		slots:   make(chan struct{}, h.opts.workers),
 		metrics: h.opts.metrics.forFunction(subject),
+		tracer:  h.opts.tracer,
 		log:     h.opts.log,
 		limit:   h.opts.maxBody,
 	}

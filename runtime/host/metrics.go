@@ -1,6 +1,8 @@
 package host
 
 import (
+	"context"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -81,4 +83,53 @@ func (f fnMetrics) observe(d time.Duration, code string) {
 	}
 	f.m.requests.WithLabelValues(f.fn, code).Inc()
 	f.duration.Observe(d.Seconds())
+}
+
+// Collector reports the state of every trigger's consumer when scraped:
+// messages waiting, delivered but not acked, and redelivered. It asks the
+// server, so the figures are the consumer's, shared by all pods.
+func (h *Host) Collector() prometheus.Collector {
+	return &consumerCollector{h: h,
+		pending: prometheus.NewDesc("orderflow_consumer_pending_messages",
+			"Messages in the stream not yet delivered to the consumer.", []string{"function", "consumer"}, nil),
+		ackPending: prometheus.NewDesc("orderflow_consumer_ack_pending_messages",
+			"Messages delivered and not yet acknowledged (in progress or waiting for a retry).", []string{"function", "consumer"}, nil),
+		redelivered: prometheus.NewDesc("orderflow_consumer_redelivered_messages",
+			"Messages delivered more than once and not yet acknowledged.", []string{"function", "consumer"}, nil),
+		up: prometheus.NewDesc("orderflow_consumer_info_up",
+			"1 when the consumer's state could be read at this scrape.", []string{"function", "consumer"}, nil),
+	}
+}
+
+type consumerCollector struct {
+	h                                    *Host
+	pending, ackPending, redelivered, up *prometheus.Desc
+}
+
+func (c *consumerCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.pending
+	ch <- c.ackPending
+	ch <- c.redelivered
+	ch <- c.up
+}
+
+func (c *consumerCollector) Collect(ch chan<- prometheus.Metric) {
+	c.h.mu.Lock()
+	triggers := slices.Clone(c.h.triggers)
+	c.h.mu.Unlock()
+	for _, tr := range triggers {
+		labels := []string{tr.e.subject, tr.t.Durable}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		cons, err := c.h.js.Consumer(ctx, tr.t.Stream, tr.t.Durable)
+		cancel()
+		if err != nil {
+			ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 0, labels...)
+			continue
+		}
+		info := cons.CachedInfo()
+		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 1, labels...)
+		ch <- prometheus.MustNewConstMetric(c.pending, prometheus.GaugeValue, float64(info.NumPending), labels...)
+		ch <- prometheus.MustNewConstMetric(c.ackPending, prometheus.GaugeValue, float64(info.NumAckPending), labels...)
+		ch <- prometheus.MustNewConstMetric(c.redelivered, prometheus.GaugeValue, float64(info.NumRedelivered), labels...)
+	}
 }

@@ -6,6 +6,9 @@ import (
 	"log/slog"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
 	"github.com/orderflow/orderflow/runtime/function"
 	"github.com/orderflow/orderflow/runtime/retry"
 )
@@ -20,6 +23,7 @@ type options struct {
 	retry      retry.Policy
 	retryFor   map[string]retry.Policy
 	ackWait    time.Duration
+	tracer     trace.Tracer
 }
 
 func defaults() options {
@@ -30,6 +34,19 @@ func defaults() options {
 		metrics: NewMetrics(nil),
 		retry:   retry.Default,
 		ackWait: 30 * time.Second,
+		tracer:  noop.NewTracerProvider().Tracer(""),
+	}
+}
+
+// WithTracerProvider makes the host trace every request (a server span) and
+// every triggered message (a consumer span), continuing the W3C trace
+// context found in the message headers.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return func(o *options) error {
+		if tp != nil {
+			o.tracer = tp.Tracer("github.com/orderflow/orderflow/runtime/host")
+		}
+		return nil
 	}
 }
 

@@ -11,9 +11,14 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"go.opentelemetry.io/otel/attribute"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+
 	runtimev1 "github.com/orderflow/orderflow/proto/gen/runtime/v1"
 	"github.com/orderflow/orderflow/runtime/function"
 	"github.com/orderflow/orderflow/runtime/retry"
+	"github.com/orderflow/orderflow/runtime/telemetry"
 )
 
 // DeadLetterSink stores messages that failed for good.
@@ -151,7 +156,8 @@ func (tr *trigger) drain() {
 // handle runs the function on one message and settles it: Ack on success,
 // NakWithDelay while attempts remain for a transient error, and otherwise a
 // dead letter followed by Term. A message is never dropped: if the dead
-// letter cannot be stored, it is retried later.
+// letter cannot be stored, it is retried later. All of it happens in a
+// consumer span whose parent is the span that published the message.
 func (tr *trigger) handle(msg jetstream.Msg) {
 	start := time.Now()
 	tr.e.begin()
@@ -161,43 +167,19 @@ func (tr *trigger) handle(msg jetstream.Msg) {
 		attempt, streamSeq = int(meta.NumDelivered), meta.Sequence.Stream
 	}
 
-	err := tr.call(msg, attempt)
-
-	outcome := "ack"
-	switch {
-	case err == nil:
-		if aerr := msg.Ack(); aerr != nil {
-			tr.log.Warn("ack failed; the message will be redelivered", "consumer", tr.t.Durable, "error", aerr)
-		}
-	case !function.IsPermanent(err) && !tr.policy.Exhausted(attempt):
-		outcome = "retry"
-		if nerr := msg.NakWithDelay(tr.policy.Backoff(attempt)); nerr != nil {
-			tr.log.Warn("nak failed; the message will be redelivered after the ack wait", "consumer", tr.t.Durable, "error", nerr)
-		}
-	default:
-		outcome = "dead_letter"
-		if derr := tr.deadLetter(msg, streamSeq, attempt, err); derr != nil {
-			outcome = "retry"
-			tr.log.Error("dead letter not stored; retrying the message", "consumer", tr.t.Durable, "error", derr)
-			_ = msg.NakWithDelay(tr.policy.Backoff(attempt))
-		} else {
-			_ = msg.TermWithReason(truncate(err.Error(), 256))
-			tr.log.Error("message dead-lettered", "consumer", tr.t.Durable, "subject", msg.Subject(), "attempts", attempt, "error", err)
-		}
-	}
-	elapsed := time.Since(start)
-	tr.e.endTrigger(tr.t.Durable, elapsed, outcome)
-	tr.metrics.observe(elapsed, outcome)
-}
-
-// call decodes the event and runs the handler, telling the server the
-// message is in progress while it runs so AckWait never fires mid-call.
-func (tr *trigger) call(msg jetstream.Msg, attempt int) error {
-	ev := tr.t.NewEvent()
-	if err := proto.Unmarshal(msg.Data(), ev); err != nil {
-		return function.Invalid("body", "cannot decode %s: %v", tr.t.Event.FullName(), err)
-	}
-	ctx := function.WithCall(context.Background(), function.Call{
+	ctx := telemetry.Extract(context.Background(), msg.Headers())
+	ctx, span := tr.e.tracer.Start(ctx, tr.e.subject+" process "+tr.t.Subject, trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
+		messagingSystem,
+		semconv.MessagingOperationTypeProcess,
+		semconv.MessagingDestinationName(msg.Subject()),
+		semconv.MessagingDestinationTemplate(tr.t.Subject),
+		semconv.MessagingConsumerGroupName(tr.t.Durable),
+		semconv.MessagingMessageID(msg.Headers().Get(jetstream.MsgIDHeader)),
+		attrDeliveryAttempt.Int(attempt),
+		attrStreamSequence.Int64(int64(streamSeq)),
+		attribute.String("orderflow.function", tr.e.subject),
+	))
+	ctx = function.WithCall(ctx, function.Call{
 		Service:  tr.e.svc.info.Name,
 		Function: tr.e.def.Name,
 		Subject:  msg.Subject(),
@@ -205,6 +187,45 @@ func (tr *trigger) call(msg jetstream.Msg, attempt int) error {
 		Attempt:  attempt,
 		Trigger:  tr.t.Durable,
 	})
+
+	err := tr.call(ctx, msg)
+
+	outcome := "ack"
+	switch {
+	case err == nil:
+		if aerr := msg.Ack(); aerr != nil {
+			tr.log.WarnContext(ctx, "ack failed; the message will be redelivered", "error", aerr)
+		}
+	case !function.IsPermanent(err) && !tr.policy.Exhausted(attempt):
+		outcome = "retry"
+		if nerr := msg.NakWithDelay(tr.policy.Backoff(attempt)); nerr != nil {
+			tr.log.WarnContext(ctx, "nak failed; the message will be redelivered after the ack wait", "error", nerr)
+		}
+	default:
+		outcome = "dead_letter"
+		if derr := tr.deadLetter(ctx, msg, streamSeq, attempt, err); derr != nil {
+			outcome = "retry"
+			tr.log.ErrorContext(ctx, "dead letter not stored; retrying the message", "error", derr)
+			_ = msg.NakWithDelay(tr.policy.Backoff(attempt))
+		} else {
+			_ = msg.TermWithReason(truncate(err.Error(), 256))
+			tr.log.ErrorContext(ctx, "message dead-lettered", "subject", msg.Subject(), "error", err)
+		}
+	}
+	endSpan(ctx, span, err, outcome)
+	elapsed := time.Since(start)
+	tr.e.endTrigger(tr.t.Durable, elapsed, outcome)
+	tr.metrics.observe(elapsed, outcome)
+}
+
+// call decodes the event and runs the handler, telling the server the
+// message is in progress while it runs so AckWait never fires mid-call.
+func (tr *trigger) call(ctx context.Context, msg jetstream.Msg) error {
+	ev := tr.t.NewEvent()
+	if err := proto.Unmarshal(msg.Data(), ev); err != nil {
+		return function.Invalid("body", "cannot decode %s: %v", tr.t.Event.FullName(), err)
+	}
+	annotateOrderID(ctx, ev)
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
@@ -223,7 +244,7 @@ func (tr *trigger) call(msg jetstream.Msg, attempt int) error {
 	return err
 }
 
-func (tr *trigger) deadLetter(msg jetstream.Msg, streamSeq uint64, attempt int, cause error) error {
+func (tr *trigger) deadLetter(ctx context.Context, msg jetstream.Msg, streamSeq uint64, attempt int, cause error) error {
 	dl := &runtimev1.DeadLetter{
 		Subject:        msg.Subject(),
 		Stream:         tr.t.Stream,
@@ -241,7 +262,7 @@ func (tr *trigger) deadLetter(msg jetstream.Msg, streamSeq uint64, attempt int, 
 			dl.Headers = append(dl.Headers, &runtimev1.Header{Name: name, Value: v})
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	return tr.dead.Put(ctx, dl)
 }

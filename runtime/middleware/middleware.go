@@ -26,8 +26,7 @@ func Recover(log *slog.Logger) function.Middleware {
 		return func(ctx context.Context, req proto.Message) (resp proto.Message, err error) {
 			defer func() {
 				if r := recover(); r != nil {
-					log.ErrorContext(ctx, "handler panicked", "function", function.CallFrom(ctx).Name(),
-						"panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+					log.ErrorContext(ctx, "handler panicked", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 					resp, err = nil, fmt.Errorf("%w: %v", ErrPanic, r)
 				}
 			}()
@@ -51,14 +50,14 @@ func Timeout(d time.Duration) function.Middleware {
 }
 
 // Logging logs every failed call with its code, and successful ones at debug
-// level, with the function name and duration.
+// level, with the subject and duration. The logger's handler adds the
+// function, trace and order (telemetry.LogHandler).
 func Logging(log *slog.Logger) function.Middleware {
 	return func(next function.Handler) function.Handler {
 		return func(ctx context.Context, req proto.Message) (proto.Message, error) {
 			start := time.Now()
 			resp, err := next(ctx, req)
-			call := function.CallFrom(ctx)
-			attrs := []any{"function", call.Name(), "subject", call.Subject, "duration", time.Since(start)}
+			attrs := []any{"subject", function.CallFrom(ctx).Subject, "duration", time.Since(start)}
 			switch code := function.Code(err); {
 			case err == nil:
 				log.DebugContext(ctx, "call ok", attrs...)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/orderflow/orderflow/runtime/function"
 	"github.com/orderflow/orderflow/runtime/middleware"
+	"github.com/orderflow/orderflow/runtime/telemetry"
 )
 
 func TestRecover(t *testing.T) {
@@ -55,17 +56,18 @@ func TestLoggingLevels(t *testing.T) {
 	}
 	for _, tt := range tests {
 		var buf bytes.Buffer
-		h := middleware.Logging(slog.New(slog.NewTextHandler(&buf, nil)))(func(context.Context, proto.Message) (proto.Message, error) {
+		h := middleware.Logging(slog.New(telemetry.LogHandler(slog.NewTextHandler(&buf, nil))))(func(context.Context, proto.Message) (proto.Message, error) {
 			return nil, tt.err
 		})
 		ctx := function.WithCall(context.Background(), function.Call{Service: "orders", Function: "create"})
+		function.Annotate(ctx, "order_id", "o-1")
 		if _, err := h(ctx, nil); err != tt.err {
 			t.Errorf("Logging changed the error: %v", err)
 		}
 		if tt.want == "" && buf.Len() != 0 || !strings.Contains(buf.String(), tt.want) {
 			t.Errorf("error %v logged %q, want %q", tt.err, buf.String(), tt.want)
 		}
-		if tt.want != "" && !strings.Contains(buf.String(), "function=orders.create") {
+		if tt.want != "" && (!strings.Contains(buf.String(), "function=orders.create") || !strings.Contains(buf.String(), "order_id=o-1")) {
 			t.Errorf("log line lacks the function: %s", buf.String())
 		}
 	}

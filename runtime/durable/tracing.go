@@ -1,0 +1,53 @@
+package durable
+
+import (
+	"context"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/orderflow/orderflow/runtime/telemetry"
+)
+
+// template names a subject without its high-cardinality key, for span names:
+// ORDER.<id>.created is ORDER.*.created.
+func template(subject string) string {
+	parts := strings.Split(subject, ".")
+	if len(parts) == 3 {
+		parts[1] = "*"
+	}
+	return strings.Join(parts, ".")
+}
+
+// startPublish opens a producer span for m and writes its context into m's
+// headers, so the consumer's span continues the trace, even after the
+// message has waited in the stream or been redelivered.
+func startPublish(ctx context.Context, tracer trace.Tracer, m *nats.Msg, msgID string) (context.Context, trace.Span) {
+	ctx, span := tracer.Start(ctx, template(m.Subject)+" publish", trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(
+		semconv.MessagingSystemKey.String("nats"),
+		semconv.MessagingOperationTypeSend,
+		semconv.MessagingOperationName("publish"),
+		semconv.MessagingDestinationName(m.Subject),
+		semconv.MessagingDestinationTemplate(template(m.Subject)),
+		semconv.MessagingMessageID(msgID),
+		semconv.MessagingMessageBodySize(len(m.Data)),
+	))
+	telemetry.Inject(ctx, m.Header)
+	return ctx, span
+}
+
+func endPublish(span trace.Span, ack *jetstream.PubAck, err error) {
+	if ack != nil {
+		span.SetAttributes(attribute.Int64("messaging.nats.stream.sequence", int64(ack.Sequence)), attribute.Bool("messaging.nats.duplicate", ack.Duplicate))
+	}
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End()
+}
