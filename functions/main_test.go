@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/orderflow/orderflow/functions/internal/orderlog"
@@ -44,6 +45,12 @@ func testConfig(url string) config.Config {
 
 func startSystem(t *testing.T, mutate ...func(*config.Config)) *testSystem {
 	t.Helper()
+	return startTraced(t, nil, mutate...)
+}
+
+// startTraced starts the system with tp as its tracer provider.
+func startTraced(t *testing.T, tp trace.TracerProvider, mutate ...func(*config.Config)) *testSystem {
+	t.Helper()
 	srv := runtimetest.StartNATS(t)
 	cfg := testConfig(srv.ClientURL())
 	for _, m := range mutate {
@@ -51,7 +58,7 @@ func startSystem(t *testing.T, mutate ...func(*config.Config)) *testSystem {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	sys, err := start(ctx, cfg, io.Discard, nil)
+	sys, err := start(ctx, cfg, io.Discard, tp)
 	if err != nil {
 		t.Fatal(err)
 	}
