@@ -45,7 +45,7 @@ func lookup(_ context.Context, req *ordersv1.GetStockRequest) (*ordersv1.GetStoc
 	}
 }
 
-func startHost(t *testing.T, nc *nats.Conn, defs []function.Definition, opts ...host.Option) *host.Host {
+func startHost(t testing.TB, nc *nats.Conn, defs []function.Definition, opts ...host.Option) *host.Host {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	opts = append([]host.Option{host.WithMiddleware(middleware.Recover(log), middleware.Timeout(5*time.Second))}, opts...)

@@ -38,6 +38,15 @@ func defaults() options {
 	}
 }
 
+// WithoutTracing compiles the tracing out of the hot path: no context is
+// extracted and no span started. It exists to measure what tracing costs.
+func WithoutTracing() Option {
+	return func(o *options) error {
+		o.tracer = nil
+		return nil
+	}
+}
+
 // WithTracerProvider makes the host trace every request (a server span) and
 // every triggered message (a consumer span), continuing the W3C trace
 // context found in the message headers.

@@ -167,18 +167,21 @@ func (tr *trigger) handle(msg jetstream.Msg) {
 		attempt, streamSeq = int(meta.NumDelivered), meta.Sequence.Stream
 	}
 
-	ctx := telemetry.Extract(context.Background(), msg.Headers())
-	ctx, span := tr.e.tracer.Start(ctx, tr.e.subject+" process "+tr.t.Subject, trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
-		messagingSystem,
-		semconv.MessagingOperationTypeProcess,
-		semconv.MessagingDestinationName(msg.Subject()),
-		semconv.MessagingDestinationTemplate(tr.t.Subject),
-		semconv.MessagingConsumerGroupName(tr.t.Durable),
-		semconv.MessagingMessageID(msg.Headers().Get(jetstream.MsgIDHeader)),
-		attrDeliveryAttempt.Int(attempt),
-		attrStreamSequence.Int64(int64(streamSeq)),
-		attribute.String("orderflow.function", tr.e.subject),
-	))
+	ctx := context.Background()
+	var span trace.Span
+	if tr.e.tracer != nil {
+		ctx, span = tr.e.tracer.Start(telemetry.Extract(ctx, msg.Headers()), tr.e.subject+" process "+tr.t.Subject, trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
+			messagingSystem,
+			semconv.MessagingOperationTypeProcess,
+			semconv.MessagingDestinationName(msg.Subject()),
+			semconv.MessagingDestinationTemplate(tr.t.Subject),
+			semconv.MessagingConsumerGroupName(tr.t.Durable),
+			semconv.MessagingMessageID(msg.Headers().Get(jetstream.MsgIDHeader)),
+			attrDeliveryAttempt.Int(attempt),
+			attrStreamSequence.Int64(int64(streamSeq)),
+			attribute.String("orderflow.function", tr.e.subject),
+		))
+	}
 	ctx = function.WithCall(ctx, function.Call{
 		Service:  tr.e.svc.info.Name,
 		Function: tr.e.def.Name,
@@ -212,7 +215,9 @@ func (tr *trigger) handle(msg jetstream.Msg) {
 			tr.log.ErrorContext(ctx, "message dead-lettered", "subject", msg.Subject(), "error", err)
 		}
 	}
-	endSpan(ctx, span, err, outcome)
+	if span != nil {
+		endSpan(ctx, span, err, outcome)
+	}
 	elapsed := time.Since(start)
 	tr.e.endTrigger(tr.t.Durable, elapsed, outcome)
 	tr.metrics.observe(elapsed, outcome)
