@@ -57,13 +57,16 @@ func (e *endpoint) serve(m *nats.Msg) {
 	ctx := context.Background()
 	var span trace.Span
 	if e.tracer != nil {
-		ctx, span = e.tracer.Start(telemetry.Extract(ctx, m.Header), e.subject, trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(
-			messagingSystem,
-			semconv.MessagingOperationTypeProcess,
-			semconv.MessagingDestinationName(m.Subject),
-			semconv.MessagingConsumerGroupName(QueueGroup),
-			attribute.String("orderflow.function", e.subject),
-		))
+		ctx, span = e.tracer.Start(telemetry.Extract(ctx, m.Header), e.subject, trace.WithSpanKind(trace.SpanKindServer))
+		if span.IsRecording() { // attributes cost allocations; skip them when not sampled
+			span.SetAttributes(
+				messagingSystem,
+				semconv.MessagingOperationTypeProcess,
+				semconv.MessagingDestinationName(m.Subject),
+				semconv.MessagingConsumerGroupName(QueueGroup),
+				attribute.String("orderflow.function", e.subject),
+			)
+		}
 	}
 	ctx = function.WithCall(ctx, function.Call{
 		Service:  e.svc.info.Name,

@@ -170,17 +170,20 @@ func (tr *trigger) handle(msg jetstream.Msg) {
 	ctx := context.Background()
 	var span trace.Span
 	if tr.e.tracer != nil {
-		ctx, span = tr.e.tracer.Start(telemetry.Extract(ctx, msg.Headers()), tr.e.subject+" process "+tr.t.Subject, trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
-			messagingSystem,
-			semconv.MessagingOperationTypeProcess,
-			semconv.MessagingDestinationName(msg.Subject()),
-			semconv.MessagingDestinationTemplate(tr.t.Subject),
-			semconv.MessagingConsumerGroupName(tr.t.Durable),
-			semconv.MessagingMessageID(msg.Headers().Get(jetstream.MsgIDHeader)),
-			attrDeliveryAttempt.Int(attempt),
-			attrStreamSequence.Int64(int64(streamSeq)),
-			attribute.String("orderflow.function", tr.e.subject),
-		))
+		ctx, span = tr.e.tracer.Start(telemetry.Extract(ctx, msg.Headers()), tr.e.subject+" process "+tr.t.Subject, trace.WithSpanKind(trace.SpanKindConsumer))
+		if span.IsRecording() {
+			span.SetAttributes(
+				messagingSystem,
+				semconv.MessagingOperationTypeProcess,
+				semconv.MessagingDestinationName(msg.Subject()),
+				semconv.MessagingDestinationTemplate(tr.t.Subject),
+				semconv.MessagingConsumerGroupName(tr.t.Durable),
+				semconv.MessagingMessageID(msg.Headers().Get(jetstream.MsgIDHeader)),
+				attrDeliveryAttempt.Int(attempt),
+				attrStreamSequence.Int64(int64(streamSeq)),
+				attribute.String("orderflow.function", tr.e.subject),
+			)
+		}
 	}
 	ctx = function.WithCall(ctx, function.Call{
 		Service:  tr.e.svc.info.Name,
