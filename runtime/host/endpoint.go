@@ -100,7 +100,7 @@ func (e *endpoint) serve(m *nats.Msg) {
 
 	if m.Reply != "" {
 		if rerr := m.RespondMsg(reply); rerr != nil {
-			e.log.Warn("reply failed", "function", e.subject, "error", rerr)
+			e.log.WarnContext(ctx, "reply failed", "error", rerr)
 		}
 	}
 }
