@@ -127,15 +127,15 @@ func run(ctx context.Context, cfg config.Config, out io.Writer) error {
 
 // system is a running host and what it owns.
 type system struct {
-	cfg    config.Config
-	log    *slog.Logger
-	srv    *server.Server // nil when NATS_URL is set
-	nc     *nats.Conn
+	cfg config.Config
+	log *slog.Logger
+	srv *server.Server // nil when NATS_URL is set
+	nc  *nats.Conn
 	// tracing is flushed on shutdown when the system set it up itself.
 	tracing *telemetry.Tracing
-	host   *host.Host
-	health *health.Handler
-	http   *http.Server
+	host    *host.Host
+	health  *health.Handler
+	http    *http.Server
 	// httpAddr is where /healthz listens, once started.
 	httpAddr string
 }
