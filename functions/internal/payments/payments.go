@@ -36,43 +36,51 @@ func settled(p *ordersv1.Payment) bool {
 }
 
 // Charge captures amount for the order once. A repeat returns the recorded
-// outcome; a gateway failure is returned as a transient error after the
-// attempt is counted, and the next call retries with the same key.
+// outcome. Each gateway call is counted as an attempt in the same write that
+// records its outcome, so the happy path costs one write here; a gateway
+// failure is returned as a transient error once its attempt is counted, and
+// the next call retries with the same key.
 func (p *Payments) Charge(ctx context.Context, orderID, customerID string, amount *ordersv1.Money) (*ordersv1.Payment, error) {
-	rec, err := state.Modify(ctx, p.s, orderID, func(r *ordersv1.Payment) error {
-		if r.GetAmount() == nil { // new, or voided before any charge
-			r.OrderId, r.CustomerId, r.Amount = orderID, customerID, amount
-		} else if !proto.Equal(r.GetAmount(), amount) {
+	check := func(r *ordersv1.Payment) error {
+		if r.GetAmount() != nil && !proto.Equal(r.GetAmount(), amount) {
 			return fmt.Errorf("%w: order %s is being charged %v, not %v", function.ErrConflict, orderID, r.GetAmount(), amount)
 		}
 		if settled(r) {
 			return errSettled
 		}
-		r.Attempts++
 		return nil
-	})
-	if errors.Is(err, errSettled) {
-		return p.record(ctx, orderID)
 	}
-	if err != nil {
-		return nil, err
-	}
-	res, err := p.gw.Capture(ctx, orderID, amount)
-	if err != nil {
-		return nil, err
-	}
-	rec, err = state.Modify(ctx, p.s, orderID, func(r *ordersv1.Payment) error {
-		if settled(r) {
-			return errSettled
+	if r, _, err := state.Get[ordersv1.Payment](ctx, p.s, orderID); err == nil {
+		if err := check(r); errors.Is(err, errSettled) {
+			return r, nil
+		} else if err != nil {
+			return nil, err
 		}
-		if res.Captured {
+	} else if !errors.Is(err, state.ErrNotFound) {
+		return nil, err
+	}
+	res, gerr := p.gw.Capture(ctx, orderID, amount)
+	rec, err := state.Modify(ctx, p.s, orderID, func(r *ordersv1.Payment) error {
+		if err := check(r); err != nil {
+			return err
+		}
+		if r.GetAmount() == nil { // new, or voided before any charge
+			r.OrderId, r.CustomerId, r.Amount = orderID, customerID, amount
+		}
+		r.Attempts++
+		switch {
+		case gerr != nil:
+		case res.Captured:
 			r.Status = ordersv1.PaymentStatus_PAYMENT_STATUS_CHARGED
-		} else {
+		default:
 			r.Status, r.Reason = ordersv1.PaymentStatus_PAYMENT_STATUS_DECLINED, res.Reason
 		}
 		return nil
 	})
-	if errors.Is(err, errSettled) {
+	switch {
+	case gerr != nil:
+		return nil, errors.Join(gerr, err)
+	case errors.Is(err, errSettled):
 		return p.record(ctx, orderID)
 	}
 	return rec, err
