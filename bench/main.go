@@ -35,6 +35,9 @@ type options struct {
 	jsonOut  bool
 	progress string
 	runID    string
+	// requests, when set, measures request/reply on inventory.get instead
+	// of placing orders: that many requests.
+	requests int
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -56,6 +59,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.jsonOut, "json", false, "print one JSON object with the results, nothing else")
 	fs.StringVar(&o.progress, "progress", "auto", "progress display: auto (a bar on a terminal), bar, lines or off")
 	fs.StringVar(&o.runID, "run", "", "run id, part of each Idempotency-Key (default: a timestamp)")
+	fs.IntVar(&o.requests, "requests", 0, "instead of orders, send this many inventory.get requests (request path only)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -99,6 +103,19 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	if o.requests > 0 {
+		r, err := runRequests(ctx, o)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		if o.jsonOut {
+			_ = json.NewEncoder(os.Stdout).Encode(r)
+		} else {
+			fmt.Printf("inventory.get  %d requests by %d clients: %.0f req/s, p50 %s p99 %s\n", r.Requests, r.Clients, r.PerS, ms(r.P50Ms), ms(r.P99Ms))
+		}
+		return
+	}
 	res, err := run(ctx, o, os.Stderr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -150,5 +167,8 @@ func (r Result) print(w io.Writer) {
 	fmt.Fprintf(w, "end to end  p50 %s  p90 %s  p99 %s  p99.9 %s  max %s\n", ms(r.E2EP50Ms), ms(r.E2EP90Ms), ms(r.E2EP99Ms), ms(r.E2EP999Ms), ms(r.E2EMaxMs))
 }
 
-func ms(v float64) string { return strings.TrimRight(strings.TrimRight(fmt.Sprintf("%.3f", v), "0"), ".") + "ms" }
+func ms(v float64) string {
+	return strings.TrimRight(strings.TrimRight(fmt.Sprintf("%.3f", v), "0"), ".") + "ms"
+}
+
 var stderrWriter io.Writer = os.Stderr

@@ -1,12 +1,13 @@
 // Package health serves the operational HTTP endpoints of a host: /healthz
-// (the process is alive), /readyz (it can do its work) and /metrics
-// (Prometheus).
+// (the process is alive), /readyz (it can do its work), /metrics
+// (Prometheus) and /debug/pprof (profiles).
 package health
 
 import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -37,6 +38,12 @@ func New(g prometheus.Gatherer, checks ...Check) *Handler {
 	})
 	h.mux.HandleFunc("GET /readyz", h.readyz)
 	h.mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	// Profiles, for finding where the time goes (go tool pprof
+	// http://host:8080/debug/pprof/profile). HTTP_ADDR is an internal port.
+	h.mux.HandleFunc("/debug/pprof/", pprof.Index)
+	h.mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	h.mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	h.mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	return h
 }
 
