@@ -1,8 +1,24 @@
 // Package inventory is the stock ledger shared by the inventory functions.
-// Stock levels and reservations live in one bucket so that a reservation and
-// the levels it changes are committed together, all or nothing: stock is
-// conserved (restocked = available + reserved + sold) whatever crashes, and
-// a reservation keyed by order id is applied, released or sold exactly once.
+//
+// Stock is conserved (restocked = available + reserved + sold) whatever
+// crashes, and each order's reservation is applied, sold or released exactly
+// once, with single-key compare-and-set writes only: an order's units of a
+// SKU are an entry in that SKU's level record (see ordersv1.StockLevel), so
+// moving them and recording that they moved is one write. The order's
+// reservation record (its outcome and items) is written after its holds.
+//
+// The protocol, per order:
+//   - reserve: hold each item (available to reserved, entry HELD), then
+//     create the record RESERVED; or, when an item is short, create the
+//     record REJECTED first and then give the holds back.
+//   - sell: for each item, reserved to sold and the entry removed; then the
+//     record SOLD.
+//   - release: for each item, reserved (or, when the sale won a race with
+//     the cancellation, sold) back to available, leaving a RELEASED entry;
+//     then the record RELEASED; then the RELEASED entries are removed.
+//
+// Whoever finds a record in a final state cleans up after the others: a
+// duplicate or late reserve gives back the holds it placed.
 package inventory
 
 import (
@@ -11,8 +27,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
-
-	"google.golang.org/protobuf/proto"
+	"strings"
 
 	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
 	"github.com/orderflow/orderflow/runtime/function"
@@ -34,6 +49,16 @@ func New(s state.Store) *Stock { return &Stock{s: s} }
 
 func levelKey(sku string) string         { return "sku." + sku }
 func reservationKey(order string) string { return "order." + order }
+
+const (
+	reserved = ordersv1.ReservationStatus_RESERVATION_STATUS_RESERVED
+	rejected = ordersv1.ReservationStatus_RESERVATION_STATUS_REJECTED
+	released = ordersv1.ReservationStatus_RESERVATION_STATUS_RELEASED
+	sold     = ordersv1.ReservationStatus_RESERVATION_STATUS_SOLD
+
+	held        = ordersv1.HoldState_HOLD_STATE_HELD
+	releasedOne = ordersv1.HoldState_HOLD_STATE_RELEASED
+)
 
 // Restock adds quantity units of sku.
 func (st *Stock) Restock(ctx context.Context, sku string, quantity int32) (*ordersv1.StockLevel, error) {
@@ -58,11 +83,54 @@ func (st *Stock) Level(ctx context.Context, sku string) (*ordersv1.StockLevel, e
 
 // Reservation returns the reservation of an order, or ErrNotFound.
 func (st *Stock) Reservation(ctx context.Context, orderID string) (*ordersv1.Reservation, error) {
-	r, _, err := state.Get[ordersv1.Reservation](ctx, st.s, reservationKey(orderID))
+	r, _, err := st.record(ctx, orderID)
 	if errors.Is(err, state.ErrNotFound) {
 		return nil, fmt.Errorf("reservation %s: %w", orderID, function.ErrNotFound)
 	}
 	return r, err
+}
+
+func (st *Stock) record(ctx context.Context, orderID string) (*ordersv1.Reservation, uint64, error) {
+	return state.Get[ordersv1.Reservation](ctx, st.s, reservationKey(orderID))
+}
+
+// errShort stops a hold: not enough units, or no such SKU.
+type errShort struct{ reason string }
+
+func (e errShort) Error() string { return e.reason }
+
+// errReleasing stops a hold or a sale: a release of the order is underway.
+var errReleasing = errors.New("release underway")
+
+// errNoChange ends a level update without a write.
+var errNoChange = errors.New("no change")
+
+// level applies fn to sku's level with compare-and-set; fn returns
+// errNoChange to skip the write.
+func (st *Stock) level(ctx context.Context, sku string, fn func(l *ordersv1.StockLevel, exists bool) error) error {
+	for attempt := 1; ; attempt++ {
+		l, rev, err := state.Get[ordersv1.StockLevel](ctx, st.s, levelKey(sku))
+		exists := err == nil
+		if errors.Is(err, state.ErrNotFound) {
+			l, err = &ordersv1.StockLevel{Sku: sku}, nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := fn(l, exists); err != nil {
+			if errors.Is(err, errNoChange) {
+				return nil
+			}
+			return err
+		}
+		err = state.Put(ctx, st.s, levelKey(sku), l, rev)
+		if !errors.Is(err, state.ErrConflict) || attempt >= state.MaxAttempts {
+			return err
+		}
+		if err := state.Backoff(ctx, attempt); err != nil {
+			return err
+		}
+	}
 }
 
 // Reserve holds every item for the order, or none when one is short. The
@@ -70,152 +138,218 @@ func (st *Stock) Reservation(ctx context.Context, orderID string) (*ordersv1.Res
 // a redelivered request never reserves twice and a rejection stays a
 // rejection even if stock arrives later.
 func (st *Stock) Reserve(ctx context.Context, orderID string, items []*ordersv1.OrderItem) (*ordersv1.Reservation, error) {
-	return st.step(ctx, orderID, func(r *ordersv1.Reservation, found bool, levels map[string]*ordersv1.StockLevel) (bool, error) {
-		if found {
-			return false, nil
-		}
-		r.OrderId, r.Items = orderID, items
-		for _, it := range items {
-			l := levels[it.GetSku()]
-			if l == nil {
-				r.Status, r.Reason = ordersv1.ReservationStatus_RESERVATION_STATUS_REJECTED, fmt.Sprintf("unknown SKU %s", it.GetSku())
-				return true, nil
-			}
-			if l.Available < it.GetQuantity() {
-				r.Status = ordersv1.ReservationStatus_RESERVATION_STATUS_REJECTED
-				r.Reason = fmt.Sprintf("insufficient stock for %s: %d available, %d requested", it.GetSku(), l.Available, it.GetQuantity())
-				return true, nil
-			}
-		}
-		for _, it := range items {
-			l := levels[it.GetSku()]
-			l.Available -= it.GetQuantity()
-			l.Reserved += it.GetQuantity()
-		}
-		r.Status = ordersv1.ReservationStatus_RESERVATION_STATUS_RESERVED
-		return true, nil
-	}, itemsSKUs(items))
-}
-
-// Release gives a reservation's units back to available, from reserved or,
-// when the sale won a race with a cancellation, from sold. Releasing an order
-// that never reserved records the release, so a late reserve for it is a
-// no-op; releasing twice changes nothing.
-func (st *Stock) Release(ctx context.Context, orderID, reason string) (*ordersv1.Reservation, error) {
-	return st.settle(ctx, orderID, reason, ordersv1.ReservationStatus_RESERVATION_STATUS_RELEASED)
-}
-
-// Sell moves a reservation's units from reserved to sold.
-func (st *Stock) Sell(ctx context.Context, orderID string) (*ordersv1.Reservation, error) {
-	return st.settle(ctx, orderID, "", ordersv1.ReservationStatus_RESERVATION_STATUS_SOLD)
-}
-
-func (st *Stock) settle(ctx context.Context, orderID, reason string, to ordersv1.ReservationStatus) (*ordersv1.Reservation, error) {
-	var skus []string
-	if r, err := st.Reservation(ctx, orderID); err == nil {
-		skus = itemsSKUs(r.GetItems())
-	} else if !errors.Is(err, function.ErrNotFound) {
-		return nil, err
-	}
-	return st.step(ctx, orderID, func(r *ordersv1.Reservation, found bool, levels map[string]*ordersv1.StockLevel) (bool, error) {
+	items = sortedItems(items)
+	for attempt := 1; ; attempt++ {
+		r, _, err := st.record(ctx, orderID)
 		switch {
-		case !found && to == ordersv1.ReservationStatus_RESERVATION_STATUS_RELEASED:
-			r.OrderId, r.Status, r.Reason = orderID, to, reason
-			return true, nil
-		case !found:
-			return false, fmt.Errorf("%w: order %s has no reservation to sell", ErrWrongState, orderID)
-		case r.Status == to, r.Status == ordersv1.ReservationStatus_RESERVATION_STATUS_REJECTED:
-			return false, nil
-		case r.Status == ordersv1.ReservationStatus_RESERVATION_STATUS_SOLD && to == ordersv1.ReservationStatus_RESERVATION_STATUS_RELEASED:
-			// A cancellation that lost the race to the sale: the units come
-			// back from sold, as a return does.
-		case r.Status != ordersv1.ReservationStatus_RESERVATION_STATUS_RESERVED:
-			return false, fmt.Errorf("%w: order %s is %s, cannot become %s", ErrWrongState, orderID, r.Status, to)
+		case err == nil && (r.Status == reserved || r.Status == sold):
+			return r, nil
+		case err == nil:
+			// Rejected or released: give back any hold a reserve that lost the
+			// race placed, and report the outcome.
+			return r, st.cleanup(ctx, orderID, items)
+		case !errors.Is(err, state.ErrNotFound):
+			return nil, err
 		}
-		from := r.Status
-		for _, it := range r.GetItems() {
-			l := levels[it.GetSku()]
-			q := it.GetQuantity()
-			held := &l.Reserved
-			if l != nil && from == ordersv1.ReservationStatus_RESERVATION_STATUS_SOLD {
-				held = &l.Sold
-			}
-			if l == nil || *held < q {
-				// The ledger is corrupt; never paper over it.
-				return false, fmt.Errorf("order %s: %s holds fewer units than the reservation", orderID, it.GetSku())
-			}
-			*held -= q
-			if to == ordersv1.ReservationStatus_RESERVATION_STATUS_SOLD {
-				l.Sold += q
-			} else {
-				l.Available += q
-			}
-		}
-		r.Status, r.Reason = to, reason
-		return true, nil
-	}, skus)
-}
 
-// step reads an order's reservation and the levels of skus, lets fn decide,
-// and commits the reservation and every level it changed in one atomic
-// write, retrying from the top when another writer got there first.
-func (st *Stock) step(ctx context.Context, orderID string, fn func(r *ordersv1.Reservation, found bool, levels map[string]*ordersv1.StockLevel) (write bool, err error), skus []string) (*ordersv1.Reservation, error) {
-	for attempt := 0; ; attempt++ {
-		r, rrev, err := state.Get[ordersv1.Reservation](ctx, st.s, reservationKey(orderID))
-		found := err == nil
-		if errors.Is(err, state.ErrNotFound) {
-			r, err = &ordersv1.Reservation{}, nil
+		r = &ordersv1.Reservation{OrderId: orderID, Items: items, Status: reserved}
+		for _, it := range items {
+			err := st.hold(ctx, orderID, it)
+			var short errShort
+			switch {
+			case errors.As(err, &short):
+				r.Status, r.Reason = rejected, short.reason
+			case errors.Is(err, errReleasing):
+				r.Status = released // a record appeared meanwhile; read it
+			case err != nil:
+				return nil, err
+			}
+			if r.Status != reserved {
+				break
+			}
+		}
+		if r.Status == released {
+			continue
+		}
+		// The record decides: RESERVED only if all items are held, and a
+		// REJECTED record is written before the holds go back, so a
+		// duplicate reserve can never record RESERVED over a hold given back.
+		err = state.Put(ctx, st.s, reservationKey(orderID), r, 0)
+		if errors.Is(err, state.ErrConflict) && attempt < state.MaxAttempts {
+			continue // another writer recorded first: act on its record
 		}
 		if err != nil {
 			return nil, err
 		}
-		if found && len(skus) == 0 {
-			skus = itemsSKUs(r.GetItems())
+		if r.Status == rejected {
+			return r, st.cleanup(ctx, orderID, items)
 		}
-		levels := make(map[string]*ordersv1.StockLevel, len(skus))
-		revs := make(map[string]uint64, len(skus))
-		for _, sku := range skus {
-			l, rev, err := state.Get[ordersv1.StockLevel](ctx, st.s, levelKey(sku))
-			if errors.Is(err, state.ErrNotFound) {
-				continue
+		return r, nil
+	}
+}
+
+// hold moves an item's units from available to reserved under an entry for
+// the order; an entry already there means this was done.
+func (st *Stock) hold(ctx context.Context, orderID string, it *ordersv1.OrderItem) error {
+	return st.level(ctx, it.GetSku(), func(l *ordersv1.StockLevel, exists bool) error {
+		if h, ok := l.Holds[orderID]; ok {
+			if h.State == releasedOne {
+				return errReleasing
+			}
+			return errNoChange
+		}
+		if !exists {
+			return errShort{fmt.Sprintf("unknown SKU %s", it.GetSku())}
+		}
+		if l.Available < it.GetQuantity() {
+			return errShort{fmt.Sprintf("insufficient stock for %s: %d available, %d requested", it.GetSku(), l.Available, it.GetQuantity())}
+		}
+		l.Available -= it.GetQuantity()
+		l.Reserved += it.GetQuantity()
+		if l.Holds == nil {
+			l.Holds = map[string]*ordersv1.Hold{}
+		}
+		l.Holds[orderID] = &ordersv1.Hold{Quantity: it.GetQuantity(), State: held}
+		return nil
+	})
+}
+
+// cleanup gives back the order's HELD units and removes its entries, for an
+// order whose record is final (rejected, released).
+func (st *Stock) cleanup(ctx context.Context, orderID string, items []*ordersv1.OrderItem) error {
+	for _, it := range items {
+		err := st.level(ctx, it.GetSku(), func(l *ordersv1.StockLevel, _ bool) error {
+			h, ok := l.Holds[orderID]
+			if !ok {
+				return errNoChange
+			}
+			if h.State == held {
+				l.Reserved -= h.Quantity
+				l.Available += h.Quantity
+			}
+			delete(l.Holds, orderID)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Sell moves a reservation's units from reserved to sold.
+func (st *Stock) Sell(ctx context.Context, orderID string) (*ordersv1.Reservation, error) {
+	for attempt := 1; ; attempt++ {
+		r, rev, err := st.record(ctx, orderID)
+		if errors.Is(err, state.ErrNotFound) {
+			return nil, fmt.Errorf("%w: order %s has no reservation to sell", ErrWrongState, orderID)
+		}
+		if err != nil {
+			return nil, err
+		}
+		switch r.Status {
+		case sold:
+			return r, nil
+		case reserved:
+		default:
+			return r, fmt.Errorf("%w: order %s is %s, cannot be sold", ErrWrongState, orderID, r.Status)
+		}
+		for _, it := range r.GetItems() {
+			err := st.level(ctx, it.GetSku(), func(l *ordersv1.StockLevel, _ bool) error {
+				h, ok := l.Holds[orderID]
+				switch {
+				case !ok:
+					return errNoChange // sold already
+				case h.State == releasedOne:
+					return errReleasing
+				}
+				l.Reserved -= h.Quantity
+				l.Sold += h.Quantity
+				delete(l.Holds, orderID)
+				return nil
+			})
+			if errors.Is(err, errReleasing) {
+				return r, fmt.Errorf("%w: order %s is being released", ErrWrongState, orderID)
 			}
 			if err != nil {
 				return nil, err
 			}
-			levels[sku], revs[sku] = l, rev
 		}
-		before := make(map[string]*ordersv1.StockLevel, len(levels))
-		for sku, l := range levels {
-			before[sku] = proto.Clone(l).(*ordersv1.StockLevel)
+		r.Status = sold
+		err = state.Put(ctx, st.s, reservationKey(orderID), r, rev)
+		if errors.Is(err, state.ErrConflict) && attempt < state.MaxAttempts {
+			continue // released meanwhile: the next read says so
 		}
-		write, err := fn(r, found, levels)
-		if err != nil || !write {
-			return r, err
-		}
-		writes := []state.Write{{Key: reservationKey(orderID), Value: r, Revision: rrev}}
-		for _, sku := range skus {
-			if l := levels[sku]; l != nil && !proto.Equal(l, before[sku]) {
-				writes = append(writes, state.Write{Key: levelKey(sku), Value: l, Revision: revs[sku]})
-			}
-		}
-		err = st.s.Commit(ctx, writes...)
-		if err == nil {
-			return r, nil
-		}
-		if !errors.Is(err, state.ErrConflict) || attempt+1 >= state.MaxAttempts {
+		if err != nil {
 			return nil, err
 		}
-		if err := state.Backoff(ctx, attempt+1); err != nil {
-			return nil, err
-		}
+		return r, nil
 	}
 }
 
-func itemsSKUs(items []*ordersv1.OrderItem) []string {
-	skus := make([]string, 0, len(items))
-	for _, it := range items {
-		skus = append(skus, it.GetSku())
+// Release gives a reservation's units back to available, from reserved or,
+// when the sale won a race with a cancellation, from sold. Releasing an order
+// that never reserved records the release, so a late reserve for it gives
+// its holds back; releasing twice changes nothing.
+func (st *Stock) Release(ctx context.Context, orderID, reason string) (*ordersv1.Reservation, error) {
+	for attempt := 1; ; attempt++ {
+		r, rev, err := st.record(ctx, orderID)
+		if errors.Is(err, state.ErrNotFound) {
+			r = &ordersv1.Reservation{OrderId: orderID, Status: released, Reason: reason}
+			err = state.Put(ctx, st.s, reservationKey(orderID), r, 0)
+			if errors.Is(err, state.ErrConflict) && attempt < state.MaxAttempts {
+				continue
+			}
+			return r, err
+		}
+		if err != nil {
+			return nil, err
+		}
+		if r.Status == released || r.Status == rejected {
+			return r, st.cleanup(ctx, orderID, r.GetItems())
+		}
+		// Reserved or sold: every item was held when the record was written,
+		// so an item without an entry was sold.
+		for _, it := range r.GetItems() {
+			err := st.level(ctx, it.GetSku(), func(l *ordersv1.StockLevel, _ bool) error {
+				h, ok := l.Holds[orderID]
+				switch {
+				case ok && h.State == releasedOne:
+					return errNoChange
+				case ok:
+					l.Reserved -= h.Quantity
+				default:
+					if l.Sold < it.GetQuantity() {
+						// The ledger is corrupt; never paper over it.
+						return fmt.Errorf("order %s: %s holds fewer sold units than the reservation", orderID, it.GetSku())
+					}
+					l.Sold -= it.GetQuantity()
+				}
+				l.Available += it.GetQuantity()
+				if l.Holds == nil {
+					l.Holds = map[string]*ordersv1.Hold{}
+				}
+				l.Holds[orderID] = &ordersv1.Hold{Quantity: it.GetQuantity(), State: releasedOne}
+				return nil
+			})
+			if err != nil {
+				return nil, err
+			}
+		}
+		r.Status, r.Reason = released, reason
+		err = state.Put(ctx, st.s, reservationKey(orderID), r, rev)
+		if errors.Is(err, state.ErrConflict) && attempt < state.MaxAttempts {
+			continue // sold meanwhile: do it again from the new record
+		}
+		if err != nil {
+			return nil, err
+		}
+		return r, st.cleanup(ctx, orderID, r.GetItems())
 	}
-	slices.Sort(skus)
-	return slices.Compact(skus)
+}
+
+func sortedItems(items []*ordersv1.OrderItem) []*ordersv1.OrderItem {
+	out := slices.Clone(items)
+	slices.SortFunc(out, func(a, b *ordersv1.OrderItem) int { return strings.Compare(a.GetSku(), b.GetSku()) })
+	return out
 }

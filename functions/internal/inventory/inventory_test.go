@@ -50,6 +50,18 @@ func checkLevel(t *testing.T, st *inventory.Stock, sku string, want levels) {
 	if got := (levels{l.Available, l.Reserved, l.Sold}); got != want {
 		t.Errorf("%s: got %+v, want %+v", sku, got, want)
 	}
+	// reserved is exactly the held entries, and only held entries remain
+	// once every order has an outcome.
+	var inHolds int32
+	for id, h := range l.Holds {
+		if h.State != ordersv1.HoldState_HOLD_STATE_HELD {
+			t.Errorf("%s: entry of %s left in state %s", sku, id, h.State)
+		}
+		inHolds += h.Quantity
+	}
+	if inHolds != l.Reserved {
+		t.Errorf("%s: reserved %d, but the held entries sum to %d", sku, l.Reserved, inHolds)
+	}
 }
 
 func TestReserveSellRelease(t *testing.T) {
@@ -129,6 +141,61 @@ func TestReleaseBeforeReserveWins(t *testing.T) {
 		t.Fatalf("late Reserve = %v, %v; want the release to stand", r, err)
 	}
 	checkLevel(t, st, "A", levels{5, 0, 0})
+}
+
+// A release that overtakes a reserve still in flight: whatever the order,
+// no unit stays held and stock is conserved.
+func TestReleaseRacesReserve(t *testing.T) {
+	ctx := context.Background()
+	st := newStock(t)
+	mustRestock(t, st, "A", 1000)
+	mustRestock(t, st, "B", 1000)
+	for i := range 30 {
+		id := fmt.Sprintf("o-%d", i)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_, _ = st.Reserve(ctx, id, items("A", 1, "B", 2))
+		}()
+		if _, err := st.Release(ctx, id, "cancelled"); err != nil {
+			t.Fatal(err)
+		}
+		<-done
+		// A reserve delivered again after both must change nothing either.
+		if r, err := st.Reserve(ctx, id, items("A", 1, "B", 2)); err != nil || r.Status != released {
+			t.Fatalf("%s: reserve after release = %v, %v", id, r, err)
+		}
+	}
+	checkLevel(t, st, "A", levels{1000, 0, 0})
+	checkLevel(t, st, "B", levels{1000, 0, 0})
+}
+
+// A release racing a sale: the units end back in available either way.
+func TestReleaseRacesSell(t *testing.T) {
+	ctx := context.Background()
+	st := newStock(t)
+	mustRestock(t, st, "A", 1000)
+	mustRestock(t, st, "B", 1000)
+	for i := range 30 {
+		id := fmt.Sprintf("o-%d", i)
+		if _, err := st.Reserve(ctx, id, items("A", 1, "B", 2)); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_, _ = st.Sell(ctx, id)
+		}()
+		if _, err := st.Release(ctx, id, "cancelled"); err != nil {
+			t.Fatal(err)
+		}
+		<-done
+		if r, _ := st.Reservation(ctx, id); r.Status != released {
+			t.Fatalf("%s ended %s, want released", id, r.Status)
+		}
+	}
+	checkLevel(t, st, "A", levels{1000, 0, 0})
+	checkLevel(t, st, "B", levels{1000, 0, 0})
 }
 
 func TestUnknownSKU(t *testing.T) {

@@ -21,13 +21,72 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// HoldState is where an order's units of a SKU are.
+type HoldState int32
+
+const (
+	HoldState_HOLD_STATE_UNSPECIFIED HoldState = 0
+	// Counted in reserved.
+	HoldState_HOLD_STATE_HELD HoldState = 1
+	// Given back to available by a release; kept until the release is
+	// recorded, so a repeat of it does nothing.
+	HoldState_HOLD_STATE_RELEASED HoldState = 2
+)
+
+// Enum value maps for HoldState.
+var (
+	HoldState_name = map[int32]string{
+		0: "HOLD_STATE_UNSPECIFIED",
+		1: "HOLD_STATE_HELD",
+		2: "HOLD_STATE_RELEASED",
+	}
+	HoldState_value = map[string]int32{
+		"HOLD_STATE_UNSPECIFIED": 0,
+		"HOLD_STATE_HELD":        1,
+		"HOLD_STATE_RELEASED":    2,
+	}
+)
+
+func (x HoldState) Enum() *HoldState {
+	p := new(HoldState)
+	*p = x
+	return p
+}
+
+func (x HoldState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (HoldState) Descriptor() protoreflect.EnumDescriptor {
+	return file_orders_v1_state_proto_enumTypes[0].Descriptor()
+}
+
+func (HoldState) Type() protoreflect.EnumType {
+	return &file_orders_v1_state_proto_enumTypes[0]
+}
+
+func (x HoldState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use HoldState.Descriptor instead.
+func (HoldState) EnumDescriptor() ([]byte, []int) {
+	return file_orders_v1_state_proto_rawDescGZIP(), []int{0}
+}
+
 // StockLevel is kept in bucket "stock" under "sku.<sku>".
 type StockLevel struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sku           string                 `protobuf:"bytes,1,opt,name=sku,proto3" json:"sku,omitempty"`
-	Available     int32                  `protobuf:"varint,2,opt,name=available,proto3" json:"available,omitempty"`
-	Reserved      int32                  `protobuf:"varint,3,opt,name=reserved,proto3" json:"reserved,omitempty"`
-	Sold          int32                  `protobuf:"varint,4,opt,name=sold,proto3" json:"sold,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Sku       string                 `protobuf:"bytes,1,opt,name=sku,proto3" json:"sku,omitempty"`
+	Available int32                  `protobuf:"varint,2,opt,name=available,proto3" json:"available,omitempty"`
+	Reserved  int32                  `protobuf:"varint,3,opt,name=reserved,proto3" json:"reserved,omitempty"`
+	Sold      int32                  `protobuf:"varint,4,opt,name=sold,proto3" json:"sold,omitempty"`
+	// The orders with units of this SKU in flight, by order id. Every change
+	// of an order's units is one compare-and-set of this record, counts and
+	// entry together, so each step is applied once with a single-key write.
+	// Entries live only while an order is in flight: reserved equals the sum
+	// of the held entries.
+	Holds         map[string]*Hold `protobuf:"bytes,5,rep,name=holds,proto3" json:"holds,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -90,8 +149,68 @@ func (x *StockLevel) GetSold() int32 {
 	return 0
 }
 
-// Reservation is kept in bucket "stock" under "order.<order_id>", written in
-// the same atomic batch as the stock levels it changes.
+func (x *StockLevel) GetHolds() map[string]*Hold {
+	if x != nil {
+		return x.Holds
+	}
+	return nil
+}
+
+// Hold is one order's units of a SKU.
+type Hold struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Quantity      int32                  `protobuf:"varint,1,opt,name=quantity,proto3" json:"quantity,omitempty"`
+	State         HoldState              `protobuf:"varint,2,opt,name=state,proto3,enum=orders.v1.HoldState" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Hold) Reset() {
+	*x = Hold{}
+	mi := &file_orders_v1_state_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Hold) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Hold) ProtoMessage() {}
+
+func (x *Hold) ProtoReflect() protoreflect.Message {
+	mi := &file_orders_v1_state_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Hold.ProtoReflect.Descriptor instead.
+func (*Hold) Descriptor() ([]byte, []int) {
+	return file_orders_v1_state_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Hold) GetQuantity() int32 {
+	if x != nil {
+		return x.Quantity
+	}
+	return 0
+}
+
+func (x *Hold) GetState() HoldState {
+	if x != nil {
+		return x.State
+	}
+	return HoldState_HOLD_STATE_UNSPECIFIED
+}
+
+// Reservation is kept in bucket "stock" under "order.<order_id>": the outcome
+// of an order's reservation, written after its holds.
 type Reservation struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	OrderId       string                 `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
@@ -104,7 +223,7 @@ type Reservation struct {
 
 func (x *Reservation) Reset() {
 	*x = Reservation{}
-	mi := &file_orders_v1_state_proto_msgTypes[1]
+	mi := &file_orders_v1_state_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -116,7 +235,7 @@ func (x *Reservation) String() string {
 func (*Reservation) ProtoMessage() {}
 
 func (x *Reservation) ProtoReflect() protoreflect.Message {
-	mi := &file_orders_v1_state_proto_msgTypes[1]
+	mi := &file_orders_v1_state_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -129,7 +248,7 @@ func (x *Reservation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reservation.ProtoReflect.Descriptor instead.
 func (*Reservation) Descriptor() ([]byte, []int) {
-	return file_orders_v1_state_proto_rawDescGZIP(), []int{1}
+	return file_orders_v1_state_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Reservation) GetOrderId() string {
@@ -176,7 +295,7 @@ type Payment struct {
 
 func (x *Payment) Reset() {
 	*x = Payment{}
-	mi := &file_orders_v1_state_proto_msgTypes[2]
+	mi := &file_orders_v1_state_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -188,7 +307,7 @@ func (x *Payment) String() string {
 func (*Payment) ProtoMessage() {}
 
 func (x *Payment) ProtoReflect() protoreflect.Message {
-	mi := &file_orders_v1_state_proto_msgTypes[2]
+	mi := &file_orders_v1_state_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -201,7 +320,7 @@ func (x *Payment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Payment.ProtoReflect.Descriptor instead.
 func (*Payment) Descriptor() ([]byte, []int) {
-	return file_orders_v1_state_proto_rawDescGZIP(), []int{2}
+	return file_orders_v1_state_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Payment) GetOrderId() string {
@@ -269,7 +388,7 @@ type GatewayEntry struct {
 
 func (x *GatewayEntry) Reset() {
 	*x = GatewayEntry{}
-	mi := &file_orders_v1_state_proto_msgTypes[3]
+	mi := &file_orders_v1_state_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -281,7 +400,7 @@ func (x *GatewayEntry) String() string {
 func (*GatewayEntry) ProtoMessage() {}
 
 func (x *GatewayEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_orders_v1_state_proto_msgTypes[3]
+	mi := &file_orders_v1_state_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -294,7 +413,7 @@ func (x *GatewayEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GatewayEntry.ProtoReflect.Descriptor instead.
 func (*GatewayEntry) Descriptor() ([]byte, []int) {
-	return file_orders_v1_state_proto_rawDescGZIP(), []int{3}
+	return file_orders_v1_state_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GatewayEntry) GetIdempotencyKey() string {
@@ -350,13 +469,21 @@ var File_orders_v1_state_proto protoreflect.FileDescriptor
 
 const file_orders_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x15orders/v1/state.proto\x12\torders.v1\x1a\x19orders/v1/inventory.proto\x1a\x18orders/v1/payments.proto\x1a\x15orders/v1/types.proto\"l\n" +
+	"\x15orders/v1/state.proto\x12\torders.v1\x1a\x19orders/v1/inventory.proto\x1a\x18orders/v1/payments.proto\x1a\x15orders/v1/types.proto\"\xef\x01\n" +
 	"\n" +
 	"StockLevel\x12\x10\n" +
 	"\x03sku\x18\x01 \x01(\tR\x03sku\x12\x1c\n" +
 	"\tavailable\x18\x02 \x01(\x05R\tavailable\x12\x1a\n" +
 	"\breserved\x18\x03 \x01(\x05R\breserved\x12\x12\n" +
-	"\x04sold\x18\x04 \x01(\x05R\x04sold\"\xa2\x01\n" +
+	"\x04sold\x18\x04 \x01(\x05R\x04sold\x126\n" +
+	"\x05holds\x18\x05 \x03(\v2 .orders.v1.StockLevel.HoldsEntryR\x05holds\x1aI\n" +
+	"\n" +
+	"HoldsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12%\n" +
+	"\x05value\x18\x02 \x01(\v2\x0f.orders.v1.HoldR\x05value:\x028\x01\"N\n" +
+	"\x04Hold\x12\x1a\n" +
+	"\bquantity\x18\x01 \x01(\x05R\bquantity\x12*\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x14.orders.v1.HoldStateR\x05state\"\xa2\x01\n" +
 	"\vReservation\x12\x19\n" +
 	"\border_id\x18\x01 \x01(\tR\aorderId\x12*\n" +
 	"\x05items\x18\x02 \x03(\v2\x14.orders.v1.OrderItemR\x05items\x124\n" +
@@ -377,7 +504,11 @@ const file_orders_v1_state_proto_rawDesc = "" +
 	"\arefunds\x18\x04 \x01(\x05R\arefunds\x12\x1a\n" +
 	"\bdeclined\x18\x05 \x01(\bR\bdeclined\x12%\n" +
 	"\x0edecline_reason\x18\x06 \x01(\tR\rdeclineReason\x12\x16\n" +
-	"\x06voided\x18\a \x01(\bR\x06voidedB\x9d\x01\n" +
+	"\x06voided\x18\a \x01(\bR\x06voided*U\n" +
+	"\tHoldState\x12\x1a\n" +
+	"\x16HOLD_STATE_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fHOLD_STATE_HELD\x10\x01\x12\x17\n" +
+	"\x13HOLD_STATE_RELEASED\x10\x02B\x9d\x01\n" +
 	"\rcom.orders.v1B\n" +
 	"StateProtoP\x01Z;github.com/orderflow/orderflow/proto/gen/orders/v1;ordersv1\xa2\x02\x03OXX\xaa\x02\tOrders.V1\xca\x02\tOrders\\V1\xe2\x02\x15Orders\\V1\\GPBMetadata\xea\x02\n" +
 	"Orders::V1b\x06proto3"
@@ -394,28 +525,35 @@ func file_orders_v1_state_proto_rawDescGZIP() []byte {
 	return file_orders_v1_state_proto_rawDescData
 }
 
-var file_orders_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_orders_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_orders_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_orders_v1_state_proto_goTypes = []any{
-	(*StockLevel)(nil),     // 0: orders.v1.StockLevel
-	(*Reservation)(nil),    // 1: orders.v1.Reservation
-	(*Payment)(nil),        // 2: orders.v1.Payment
-	(*GatewayEntry)(nil),   // 3: orders.v1.GatewayEntry
-	(*OrderItem)(nil),      // 4: orders.v1.OrderItem
-	(ReservationStatus)(0), // 5: orders.v1.ReservationStatus
-	(*Money)(nil),          // 6: orders.v1.Money
-	(PaymentStatus)(0),     // 7: orders.v1.PaymentStatus
+	(HoldState)(0),         // 0: orders.v1.HoldState
+	(*StockLevel)(nil),     // 1: orders.v1.StockLevel
+	(*Hold)(nil),           // 2: orders.v1.Hold
+	(*Reservation)(nil),    // 3: orders.v1.Reservation
+	(*Payment)(nil),        // 4: orders.v1.Payment
+	(*GatewayEntry)(nil),   // 5: orders.v1.GatewayEntry
+	nil,                    // 6: orders.v1.StockLevel.HoldsEntry
+	(*OrderItem)(nil),      // 7: orders.v1.OrderItem
+	(ReservationStatus)(0), // 8: orders.v1.ReservationStatus
+	(*Money)(nil),          // 9: orders.v1.Money
+	(PaymentStatus)(0),     // 10: orders.v1.PaymentStatus
 }
 var file_orders_v1_state_proto_depIdxs = []int32{
-	4, // 0: orders.v1.Reservation.items:type_name -> orders.v1.OrderItem
-	5, // 1: orders.v1.Reservation.status:type_name -> orders.v1.ReservationStatus
-	6, // 2: orders.v1.Payment.amount:type_name -> orders.v1.Money
-	7, // 3: orders.v1.Payment.status:type_name -> orders.v1.PaymentStatus
-	6, // 4: orders.v1.GatewayEntry.amount:type_name -> orders.v1.Money
-	5, // [5:5] is the sub-list for method output_type
-	5, // [5:5] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	6,  // 0: orders.v1.StockLevel.holds:type_name -> orders.v1.StockLevel.HoldsEntry
+	0,  // 1: orders.v1.Hold.state:type_name -> orders.v1.HoldState
+	7,  // 2: orders.v1.Reservation.items:type_name -> orders.v1.OrderItem
+	8,  // 3: orders.v1.Reservation.status:type_name -> orders.v1.ReservationStatus
+	9,  // 4: orders.v1.Payment.amount:type_name -> orders.v1.Money
+	10, // 5: orders.v1.Payment.status:type_name -> orders.v1.PaymentStatus
+	9,  // 6: orders.v1.GatewayEntry.amount:type_name -> orders.v1.Money
+	2,  // 7: orders.v1.StockLevel.HoldsEntry.value:type_name -> orders.v1.Hold
+	8,  // [8:8] is the sub-list for method output_type
+	8,  // [8:8] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_orders_v1_state_proto_init() }
@@ -431,13 +569,14 @@ func file_orders_v1_state_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_orders_v1_state_proto_rawDesc), len(file_orders_v1_state_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   4,
+			NumEnums:      1,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_orders_v1_state_proto_goTypes,
 		DependencyIndexes: file_orders_v1_state_proto_depIdxs,
+		EnumInfos:         file_orders_v1_state_proto_enumTypes,
 		MessageInfos:      file_orders_v1_state_proto_msgTypes,
 	}.Build()
 	File_orders_v1_state_proto = out.File
