@@ -4,7 +4,7 @@ import "testing"
 
 func TestParseBench(t *testing.T) {
 	tests := []struct {
-		out        string
+		out       string
 		rate, p99 float64
 	}{
 		{"NATS JetStream synchronous publisher stats: 2,930 msgs/sec ~ 366 KiB/sec ~ min: 206.18us ~ avg: 340.93us ~ max: 9,044.97us ~ P50: 317.49us ~ P90: 397.03us ~ P99: 876.81us ~ P99.9: 2,320.35us", 2930, 0.87681},

@@ -15,10 +15,13 @@
 //     record SOLD.
 //   - release: for each item, reserved (or, when the sale won a race with
 //     the cancellation, sold) back to available, leaving a RELEASED entry;
-//     then the record RELEASED; then the RELEASED entries are removed.
+//     then the record RELEASED.
 //
 // Whoever finds a record in a final state cleans up after the others: a
-// duplicate or late reserve gives back the holds it placed.
+// duplicate or late reserve gives back the holds it placed. RELEASED entries
+// stay an hour (TombstoneTTL), so that a release running twice at once, one
+// of them from a record read before the other finished, finds them and does
+// nothing, instead of taking an item without an entry for a sold one.
 package inventory
 
 import (
@@ -28,6 +31,7 @@ import (
 	"math"
 	"slices"
 	"strings"
+	"time"
 
 	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
 	"github.com/orderflow/orderflow/runtime/function"
@@ -37,15 +41,22 @@ import (
 // Bucket is the KV bucket of stock levels and reservations.
 const Bucket = "stock"
 
+// TombstoneTTL is how long a RELEASED entry is kept. It must outlast any
+// single step by far; steps are bounded by REQUEST_TIMEOUT (seconds).
+const TombstoneTTL = time.Hour
+
 // ErrWrongState is returned when a reservation cannot take the requested
 // step (selling a released reservation, say). It is permanent.
 var ErrWrongState = fmt.Errorf("%w: reservation in wrong state", function.ErrConflict)
 
 // Stock is the ledger on a state.Store.
-type Stock struct{ s state.Store }
+type Stock struct {
+	s   state.Store
+	now func() time.Time
+}
 
 // New returns the ledger kept in s.
-func New(s state.Store) *Stock { return &Stock{s: s} }
+func New(s state.Store) *Stock { return &Stock{s: s, now: time.Now} }
 
 func levelKey(sku string) string         { return "sku." + sku }
 func reservationKey(order string) string { return "order." + order }
@@ -62,14 +73,16 @@ const (
 
 // Restock adds quantity units of sku.
 func (st *Stock) Restock(ctx context.Context, sku string, quantity int32) (*ordersv1.StockLevel, error) {
-	return state.Modify(ctx, st.s, levelKey(sku), func(l *ordersv1.StockLevel) error {
-		l.Sku = sku
+	var out *ordersv1.StockLevel
+	err := st.level(ctx, sku, func(l *ordersv1.StockLevel, _ bool) error {
 		if int64(l.Available)+int64(l.Reserved)+int64(l.Sold)+int64(quantity) > math.MaxInt32 {
 			return function.Invalid("quantity", "stock of %s would exceed %d units", sku, math.MaxInt32)
 		}
 		l.Available += quantity
+		out = l
 		return nil
 	})
+	return out, err
 }
 
 // Level returns the stock of sku; a SKU never restocked is ErrNotFound.
@@ -117,7 +130,16 @@ func (st *Stock) level(ctx context.Context, sku string, fn func(l *ordersv1.Stoc
 		if err != nil {
 			return err
 		}
-		if err := fn(l, exists); err != nil {
+		// Drop old tombstones on the way; they go with a write that happens
+		// anyway.
+		pruned := false
+		for id, h := range l.Holds {
+			if h.State == releasedOne && st.now().Sub(time.Unix(h.ReleasedUnix, 0)) > TombstoneTTL {
+				delete(l.Holds, id)
+				pruned = true
+			}
+		}
+		if err := fn(l, exists); err != nil && !(errors.Is(err, errNoChange) && pruned) {
 			if errors.Is(err, errNoChange) {
 				return nil
 			}
@@ -214,20 +236,18 @@ func (st *Stock) hold(ctx context.Context, orderID string, it *ordersv1.OrderIte
 	})
 }
 
-// cleanup gives back the order's HELD units and removes its entries, for an
+// cleanup gives back the order's HELD units, leaving tombstones, for an
 // order whose record is final (rejected, released).
 func (st *Stock) cleanup(ctx context.Context, orderID string, items []*ordersv1.OrderItem) error {
 	for _, it := range items {
 		err := st.level(ctx, it.GetSku(), func(l *ordersv1.StockLevel, _ bool) error {
 			h, ok := l.Holds[orderID]
-			if !ok {
+			if !ok || h.State != held {
 				return errNoChange
 			}
-			if h.State == held {
-				l.Reserved -= h.Quantity
-				l.Available += h.Quantity
-			}
-			delete(l.Holds, orderID)
+			l.Reserved -= h.Quantity
+			l.Available += h.Quantity
+			l.Holds[orderID] = st.tombstone(h.Quantity)
 			return nil
 		})
 		if err != nil {
@@ -329,7 +349,7 @@ func (st *Stock) Release(ctx context.Context, orderID, reason string) (*ordersv1
 				if l.Holds == nil {
 					l.Holds = map[string]*ordersv1.Hold{}
 				}
-				l.Holds[orderID] = &ordersv1.Hold{Quantity: it.GetQuantity(), State: releasedOne}
+				l.Holds[orderID] = st.tombstone(it.GetQuantity())
 				return nil
 			})
 			if err != nil {
@@ -344,8 +364,12 @@ func (st *Stock) Release(ctx context.Context, orderID, reason string) (*ordersv1
 		if err != nil {
 			return nil, err
 		}
-		return r, st.cleanup(ctx, orderID, r.GetItems())
+		return r, nil
 	}
+}
+
+func (st *Stock) tombstone(q int32) *ordersv1.Hold {
+	return &ordersv1.Hold{Quantity: q, State: releasedOne, ReleasedUnix: st.now().Unix()}
 }
 
 func sortedItems(items []*ordersv1.OrderItem) []*ordersv1.OrderItem {

@@ -28,8 +28,8 @@ const (
 	HoldState_HOLD_STATE_UNSPECIFIED HoldState = 0
 	// Counted in reserved.
 	HoldState_HOLD_STATE_HELD HoldState = 1
-	// Given back to available by a release; kept until the release is
-	// recorded, so a repeat of it does nothing.
+	// Given back to available by a release. Kept for an hour, so a repeat of
+	// the release, even one working from a stale record, does nothing.
 	HoldState_HOLD_STATE_RELEASED HoldState = 2
 )
 
@@ -84,8 +84,8 @@ type StockLevel struct {
 	// The orders with units of this SKU in flight, by order id. Every change
 	// of an order's units is one compare-and-set of this record, counts and
 	// entry together, so each step is applied once with a single-key write.
-	// Entries live only while an order is in flight: reserved equals the sum
-	// of the held entries.
+	// Held entries live while an order is in flight; reserved equals their
+	// sum. Released entries are tombstones, dropped after an hour.
 	Holds         map[string]*Hold `protobuf:"bytes,5,rep,name=holds,proto3" json:"holds,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -158,9 +158,13 @@ func (x *StockLevel) GetHolds() map[string]*Hold {
 
 // Hold is one order's units of a SKU.
 type Hold struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Quantity      int32                  `protobuf:"varint,1,opt,name=quantity,proto3" json:"quantity,omitempty"`
-	State         HoldState              `protobuf:"varint,2,opt,name=state,proto3,enum=orders.v1.HoldState" json:"state,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Quantity int32                  `protobuf:"varint,1,opt,name=quantity,proto3" json:"quantity,omitempty"`
+	State    HoldState              `protobuf:"varint,2,opt,name=state,proto3,enum=orders.v1.HoldState" json:"state,omitempty"`
+	// When a RELEASED entry was written (Unix seconds). Such entries are
+	// dropped an hour later, long after any step that read the order's record
+	// before the release could still be running.
+	ReleasedUnix  int64 `protobuf:"varint,3,opt,name=released_unix,json=releasedUnix,proto3" json:"released_unix,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -207,6 +211,13 @@ func (x *Hold) GetState() HoldState {
 		return x.State
 	}
 	return HoldState_HOLD_STATE_UNSPECIFIED
+}
+
+func (x *Hold) GetReleasedUnix() int64 {
+	if x != nil {
+		return x.ReleasedUnix
+	}
+	return 0
 }
 
 // Reservation is kept in bucket "stock" under "order.<order_id>": the outcome
@@ -480,10 +491,11 @@ const file_orders_v1_state_proto_rawDesc = "" +
 	"\n" +
 	"HoldsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12%\n" +
-	"\x05value\x18\x02 \x01(\v2\x0f.orders.v1.HoldR\x05value:\x028\x01\"N\n" +
+	"\x05value\x18\x02 \x01(\v2\x0f.orders.v1.HoldR\x05value:\x028\x01\"s\n" +
 	"\x04Hold\x12\x1a\n" +
 	"\bquantity\x18\x01 \x01(\x05R\bquantity\x12*\n" +
-	"\x05state\x18\x02 \x01(\x0e2\x14.orders.v1.HoldStateR\x05state\"\xa2\x01\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x14.orders.v1.HoldStateR\x05state\x12#\n" +
+	"\rreleased_unix\x18\x03 \x01(\x03R\freleasedUnix\"\xa2\x01\n" +
 	"\vReservation\x12\x19\n" +
 	"\border_id\x18\x01 \x01(\tR\aorderId\x12*\n" +
 	"\x05items\x18\x02 \x03(\v2\x14.orders.v1.OrderItemR\x05items\x124\n" +
