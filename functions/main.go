@@ -195,6 +195,9 @@ func start(ctx context.Context, cfg config.Config, out io.Writer, tp trace.Trace
 	}
 	connOpts = append(connOpts,
 		nats.Name("orderflow-functions"),
+		// Reads of an order's history are short sync subscriptions; the 64k
+		// default buffer made each of them a 512 KiB allocation.
+		nats.SyncQueueLen(1024),
 		nats.MaxReconnects(-1), // a pod outlives server restarts
 		nats.ReconnectWait(250*time.Millisecond),
 		nats.RetryOnFailedConnect(true),

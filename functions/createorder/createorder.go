@@ -60,15 +60,8 @@ func (c *creator) create(ctx context.Context, req *ordersv1.CreateOrderRequest) 
 	var id string
 	if key != "" {
 		// The id follows from the key, so a retry whose first reply was lost
-		// finds the first order, and concurrent retries publish one event.
+		// finds the first order.
 		id = uuid.NewSHA1(keyNamespace, []byte(req.GetCustomerId()+"\x00"+key)).String()
-		st, err := orderlog.Read(ctx, c.log, id)
-		switch {
-		case err == nil:
-			return replay(st.Order, req, key)
-		case !errors.Is(err, function.ErrNotFound):
-			return nil, err
-		}
 	} else {
 		u, err := uuid.NewV7()
 		if err != nil {
@@ -88,17 +81,21 @@ func (c *creator) create(ctx context.Context, req *ordersv1.CreateOrderRequest) 
 		IdempotencyKey: key,
 		CreatedAt:      timestamppb.New(c.now()),
 	}
-	_, dup, err := c.log.Append(ctx, orderlog.Event(id, orderlog.Created, &ordersv1.OrderCreated{Order: order}))
-	if err != nil {
-		return nil, err
-	}
-	if dup {
-		// A concurrent retry with the same key stored its event first.
+	// One write, no read first: the event's message id drops a repeat within
+	// the duplicate window, and expecting no earlier event of the order
+	// catches one after it. Either way the first order is the answer.
+	e := orderlog.Event(id, orderlog.Created, &ordersv1.OrderCreated{Order: order})
+	e.IfLast = &state.Last{Filter: orderlog.Filter(id)}
+	_, dup, err := c.log.Append(ctx, e)
+	if dup || errors.Is(err, state.ErrConflict) {
 		st, err := orderlog.Read(ctx, c.log, id)
 		if err != nil {
 			return nil, err
 		}
 		return replay(st.Order, req, key)
+	}
+	if err != nil {
+		return nil, err
 	}
 	return &ordersv1.CreateOrderResponse{OrderId: id, Status: order.Status}, nil
 }
