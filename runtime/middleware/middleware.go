@@ -57,15 +57,24 @@ func Logging(log *slog.Logger) function.Middleware {
 		return func(ctx context.Context, req proto.Message) (proto.Message, error) {
 			start := time.Now()
 			resp, err := next(ctx, req)
-			attrs := []any{"subject", function.CallFrom(ctx).Subject, "duration", time.Since(start)}
+			level := slog.LevelDebug
+			msg := "call ok"
 			switch code := function.Code(err); {
 			case err == nil:
-				log.DebugContext(ctx, "call ok", attrs...)
 			case code < 500:
-				log.InfoContext(ctx, "call rejected", append(attrs, "code", code, "error", err)...)
+				level, msg = slog.LevelInfo, "call rejected"
 			default:
-				log.ErrorContext(ctx, "call failed", append(attrs, "code", code, "error", err)...)
+				level, msg = slog.LevelError, "call failed"
 			}
+			// Checked first: building the line's attributes is what costs.
+			if !log.Enabled(ctx, level) {
+				return resp, err
+			}
+			attrs := []slog.Attr{slog.String("subject", function.CallFrom(ctx).Subject), slog.Duration("duration", time.Since(start))}
+			if err != nil {
+				attrs = append(attrs, slog.Int("code", function.Code(err)), slog.String("error", err.Error()))
+			}
+			log.LogAttrs(ctx, level, msg, attrs...)
 			return resp, err
 		}
 	}
