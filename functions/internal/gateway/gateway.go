@@ -120,13 +120,14 @@ func (g *Gateway) Capture(ctx context.Context, key string, amount *ordersv1.Mone
 // Refund returns a capture made under key, once. Refunding a key with no
 // capture voids it: a capture that arrives later is declined, so a refund and
 // a capture racing each other never end with money kept.
-func (g *Gateway) Refund(ctx context.Context, key string) (refunded bool, err error) {
+// It returns the key's ledger entry after the refund.
+func (g *Gateway) Refund(ctx context.Context, key string) (*ordersv1.GatewayEntry, error) {
 	failBefore, failAfter, err := g.call(ctx)
 	if err != nil {
-		return false, err
+		return nil, err
 	}
 	if failBefore {
-		return false, fmt.Errorf("refund %s: %w", key, ErrUnavailable)
+		return nil, fmt.Errorf("refund %s: %w", key, ErrUnavailable)
 	}
 	e, err := state.Modify(ctx, g.ledger, key, func(e *ordersv1.GatewayEntry) error {
 		e.IdempotencyKey = key
@@ -139,12 +140,12 @@ func (g *Gateway) Refund(ctx context.Context, key string) (refunded bool, err er
 		return nil
 	})
 	if err != nil {
-		return false, err
+		return nil, err
 	}
 	if failAfter {
-		return false, fmt.Errorf("refund %s: reply lost: %w", key, ErrUnavailable)
+		return nil, fmt.Errorf("refund %s: reply lost: %w", key, ErrUnavailable)
 	}
-	return e.GetRefunds() > 0, nil
+	return e, nil
 }
 
 // Entry returns the ledger entry for key; an unknown key is an empty entry.
