@@ -50,13 +50,17 @@ func newTracker() *tracker {
 	}
 }
 
-// end records a terminal event: ORDER.<id>.confirmed|rejected|cancelled.
-func (t *tracker) end(subject string, at time.Time) {
+// orderOf is the order id of an event subject, ORDER.<id>.<event>.
+func orderOf(subject string) string {
 	parts := strings.Split(subject, ".")
 	if len(parts) != 3 {
-		return
+		return ""
 	}
-	id, status := parts[1], parts[2]
+	return parts[1]
+}
+
+// end records that an order ended.
+func (t *tracker) end(id, status string, at time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	o, ok := t.byID[id]
@@ -103,8 +107,10 @@ func run(ctx context.Context, o options, log io.Writer) (Result, error) {
 	defer nc.Close()
 
 	tr := newTracker()
-	for _, ev := range []string{"confirmed", "rejected", "cancelled"} {
-		sub, err := nc.Subscribe("ORDER.*."+ev, func(m *nats.Msg) { tr.end(m.Subject, time.Now()) })
+	// The events that end an order: StockSold confirms it, StockRejected
+	// rejects it, StockReleased cancels it.
+	for ev, status := range map[string]string{"stock_sold": "confirmed", "stock_rejected": "rejected", "stock_released": "cancelled"} {
+		sub, err := nc.Subscribe("ORDER.*."+ev, func(m *nats.Msg) { tr.end(orderOf(m.Subject), status, time.Now()) })
 		if err != nil {
 			return Result{}, err
 		}

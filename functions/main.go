@@ -34,13 +34,13 @@ import (
 	"github.com/orderflow/orderflow/functions/getstock"
 	"github.com/orderflow/orderflow/functions/internal/gateway"
 	"github.com/orderflow/orderflow/functions/internal/inventory"
+	"github.com/orderflow/orderflow/functions/internal/orderlog"
 	"github.com/orderflow/orderflow/functions/internal/payments"
 	"github.com/orderflow/orderflow/functions/refundpayment"
 	"github.com/orderflow/orderflow/functions/releasestock"
 	"github.com/orderflow/orderflow/functions/reservestock"
 	"github.com/orderflow/orderflow/functions/restock"
 	"github.com/orderflow/orderflow/functions/sellstock"
-	"github.com/orderflow/orderflow/functions/settleorder"
 	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
 	"github.com/orderflow/orderflow/runtime/config"
 	"github.com/orderflow/orderflow/runtime/deadletter"
@@ -69,8 +69,8 @@ type stores struct {
 	stock       *inventory.Stock
 	payments    *payments.Payments
 	deadLetters *durable.DeadLetters
-	// settled learns of every order this host ends, for the saga metrics.
-	settled settleorder.Observer
+	// ended learns of every order this host ends, for the saga metrics.
+	ended orderlog.Observer
 }
 
 type registration struct {
@@ -84,12 +84,11 @@ func registry(s stores) []registration {
 		{ordersService, createorder.New(s.log)},
 		{ordersService, getorder.New(s.log)},
 		{ordersService, cancelorder.New(s.log)},
-		{ordersService, settleorder.New(s.log, s.settled)},
 		{inventoryService, restock.New(s.stock)},
 		{inventoryService, getstock.New(s.stock)},
-		{inventoryService, reservestock.New(s.stock, s.log)},
-		{inventoryService, sellstock.New(s.stock, s.log)},
-		{inventoryService, releasestock.New(s.stock, s.log)},
+		{inventoryService, reservestock.New(s.stock, s.log, s.ended)},
+		{inventoryService, sellstock.New(s.stock, s.log, s.ended)},
+		{inventoryService, releasestock.New(s.stock, s.log, s.ended)},
 		{paymentsService, chargepayment.New(s.payments, s.log)},
 		{paymentsService, refundpayment.New(s.payments, s.log)},
 		{paymentsService, getpayment.New(s.payments)},
@@ -222,7 +221,7 @@ func start(ctx context.Context, cfg config.Config, out io.Writer, tp trace.Trace
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	st.settled = newSagaMetrics(reg)
+	st.ended = newSagaMetrics(reg)
 	hostOpts := []host.Option{
 		host.WithWorkers(cfg.WorkerPoolSize),
 		host.WithMaxBody(cfg.MaxRequestBytes),
@@ -342,7 +341,7 @@ func tryOpenStores(ctx context.Context, js jetstream.JetStream, dc durable.Confi
 
 // newSagaMetrics registers the saga's metrics and returns the observer that
 // feeds them.
-func newSagaMetrics(reg prometheus.Registerer) settleorder.Observer {
+func newSagaMetrics(reg prometheus.Registerer) orderlog.Observer {
 	ended := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "orderflow", Name: "orders_ended_total",
 		Help: "Orders this host brought to a terminal status, by status.",

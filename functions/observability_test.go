@@ -74,8 +74,6 @@ func TestOneTracePerOrder(t *testing.T) {
 		{"ORDER.*.payment_charged publish", "payments.charge process ORDER.*.stock_reserved"},
 		{"inventory.sell process ORDER.*.payment_charged", "ORDER.*.payment_charged publish"},
 		{"ORDER.*.stock_sold publish", "inventory.sell process ORDER.*.payment_charged"},
-		{"orders.settle process ORDER.*.stock_sold", "ORDER.*.stock_sold publish"},
-		{"ORDER.*.confirmed publish", "orders.settle process ORDER.*.stock_sold"},
 	}
 	for _, c := range chain {
 		sp, ok := byName[c.name]
@@ -193,7 +191,7 @@ func TestMetricsAfterOrders(t *testing.T) {
 		`orderflow_requests_in_flight{function="orders.create"} 0`,
 		`orderflow_messages_total{consumer="inventory-reserve",function="inventory.reserve",outcome="ack"} 3`,
 		`orderflow_messages_total{consumer="payments-charge",function="payments.charge",outcome="ack"} 3`,
-		`orderflow_messages_total{consumer="orders-settle-sold",function="orders.settle",outcome="ack"} 3`,
+		`orderflow_messages_total{consumer="inventory-sell",function="inventory.sell",outcome="ack"} 3`,
 		`orderflow_message_duration_seconds_count{consumer="inventory-reserve",function="inventory.reserve"} 3`,
 		`orderflow_orders_ended_total{status="CONFIRMED"} 3`,
 		`orderflow_order_duration_seconds_count{status="CONFIRMED"} 3`,

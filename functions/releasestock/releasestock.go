@@ -4,6 +4,7 @@ package releasestock
 
 import (
 	"context"
+	"time"
 
 	"github.com/orderflow/orderflow/functions/internal/inventory"
 	"github.com/orderflow/orderflow/functions/internal/orderlog"
@@ -24,10 +25,14 @@ const (
 const MaxReason = 512
 
 // New returns the inventory.release function. It also runs on every
-// PaymentDeclined and PaymentRefunded and publishes StockReleased to log.
+// PaymentDeclined and PaymentRefunded and publishes StockReleased to log,
+// which cancels the order; obs (may be nil) learns of each order it cancels.
 // It is compensation, which must happen, so it retries without limit.
-func New(stock *inventory.Stock, log state.Log) function.Definition {
-	f := &releaser{stock: stock, log: log}
+func New(stock *inventory.Stock, log state.Log, obs orderlog.Observer) function.Definition {
+	if obs == nil {
+		obs = func(ordersv1.OrderStatus, time.Duration) {}
+	}
+	f := &releaser{stock: stock, log: log, obs: obs, now: time.Now}
 	return function.New("release", f.request,
 		function.WithDescription("Give an order's units back to available; released once. Runs on PaymentDeclined and PaymentRefunded."),
 		function.WithRetry(retry.Default.Forever()),
@@ -42,6 +47,8 @@ func New(stock *inventory.Stock, log state.Log) function.Definition {
 type releaser struct {
 	stock *inventory.Stock
 	log   state.Log
+	obs   orderlog.Observer
+	now   func() time.Time
 }
 
 func (f *releaser) request(ctx context.Context, req *ordersv1.ReleaseStockRequest) (*ordersv1.ReleaseStockResponse, error) {
@@ -59,7 +66,7 @@ func (f *releaser) request(ctx context.Context, req *ordersv1.ReleaseStockReques
 }
 
 // release gives the units back and, once they are back, says so: the order
-// is CANCELLED only after this event.
+// is CANCELLED by this event, so only after the release.
 func (f *releaser) release(ctx context.Context, id, reason string) error {
 	if err := validate.OrderID("order_id", id); err != nil {
 		return err
@@ -71,6 +78,11 @@ func (f *releaser) release(ctx context.Context, id, reason string) error {
 	if r.GetStatus() != ordersv1.ReservationStatus_RESERVATION_STATUS_RELEASED {
 		return nil // rejected: nothing was held, and the order ends REJECTED
 	}
-	_, _, err = f.log.Append(ctx, orderlog.Event(id, orderlog.StockReleased, &ordersv1.StockReleased{OrderId: id, Reason: r.GetReason()}))
+	_, dup, err := f.log.Append(ctx, orderlog.Event(id, orderlog.StockReleased, &ordersv1.StockReleased{OrderId: id, Reason: r.GetReason()}))
+	if err == nil && !dup {
+		if st, rerr := orderlog.Read(ctx, f.log, id); rerr == nil {
+			f.obs(ordersv1.OrderStatus_ORDER_STATUS_CANCELLED, f.now().Sub(st.Order.GetCreatedAt().AsTime()))
+		}
+	}
 	return err
 }

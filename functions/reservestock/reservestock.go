@@ -5,6 +5,7 @@ package reservestock
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/orderflow/orderflow/functions/internal/inventory"
 	"github.com/orderflow/orderflow/functions/internal/orderlog"
@@ -21,9 +22,13 @@ const MaxItems = 100
 const Durable = "inventory-reserve"
 
 // New returns the inventory.reserve function. It also runs on every
-// OrderCreated and publishes StockReserved or StockRejected to log.
-func New(stock *inventory.Stock, log state.Log) function.Definition {
-	f := &reserver{stock: stock, log: log}
+// OrderCreated and publishes StockReserved or StockRejected (which rejects
+// the order) to log; obs (may be nil) learns of each order it rejects.
+func New(stock *inventory.Stock, log state.Log, obs orderlog.Observer) function.Definition {
+	if obs == nil {
+		obs = func(ordersv1.OrderStatus, time.Duration) {}
+	}
+	f := &reserver{stock: stock, log: log, obs: obs, now: time.Now}
 	return function.New("reserve", f.request,
 		function.WithDescription("Reserve the items of an order, all or nothing; keyed by order id, so a repeat returns the first outcome. Runs on OrderCreated."),
 		function.On(orderlog.Stream, orderlog.On(orderlog.Created), Durable, f.onCreated))
@@ -32,6 +37,8 @@ func New(stock *inventory.Stock, log state.Log) function.Definition {
 type reserver struct {
 	stock *inventory.Stock
 	log   state.Log
+	obs   orderlog.Observer
+	now   func() time.Time
 }
 
 func (f *reserver) request(ctx context.Context, req *ordersv1.ReserveStockRequest) (*ordersv1.ReserveStockResponse, error) {
@@ -71,7 +78,10 @@ func (f *reserver) onCreated(ctx context.Context, ev *ordersv1.OrderCreated) err
 	default:
 		return nil // released or sold: a cancellation got here first
 	}
-	_, _, err = f.log.Append(ctx, e)
+	_, dup, err := f.log.Append(ctx, e)
+	if err == nil && !dup && r.GetStatus() == ordersv1.ReservationStatus_RESERVATION_STATUS_REJECTED {
+		f.obs(ordersv1.OrderStatus_ORDER_STATUS_REJECTED, f.now().Sub(o.GetCreatedAt().AsTime()))
+	}
 	return err
 }
 

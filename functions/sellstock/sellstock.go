@@ -5,6 +5,7 @@ package sellstock
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/orderflow/orderflow/functions/internal/inventory"
 	"github.com/orderflow/orderflow/functions/internal/orderlog"
@@ -18,9 +19,13 @@ import (
 const Durable = "inventory-sell"
 
 // New returns the inventory.sell function. It also runs on every
-// PaymentCharged and publishes StockSold to log.
-func New(stock *inventory.Stock, log state.Log) function.Definition {
-	f := &seller{stock: stock, log: log}
+// PaymentCharged and publishes StockSold to log, which confirms the order;
+// obs (may be nil) learns of each order it confirms.
+func New(stock *inventory.Stock, log state.Log, obs orderlog.Observer) function.Definition {
+	if obs == nil {
+		obs = func(ordersv1.OrderStatus, time.Duration) {}
+	}
+	f := &seller{stock: stock, log: log, obs: obs, now: time.Now}
 	return function.New("sell", f.request,
 		function.WithDescription("Move an order's reserved units to sold; keyed by order id, so a repeat changes nothing. Runs on PaymentCharged."),
 		function.On(orderlog.Stream, orderlog.On(orderlog.PaymentCharged), Durable, f.onCharged))
@@ -29,6 +34,8 @@ func New(stock *inventory.Stock, log state.Log) function.Definition {
 type seller struct {
 	stock *inventory.Stock
 	log   state.Log
+	obs   orderlog.Observer
+	now   func() time.Time
 }
 
 func (f *seller) request(ctx context.Context, req *ordersv1.SellStockRequest) (*ordersv1.SellStockResponse, error) {
@@ -42,6 +49,11 @@ func (f *seller) request(ctx context.Context, req *ordersv1.SellStockRequest) (*
 	return &ordersv1.SellStockResponse{OrderId: req.GetOrderId(), Status: r.GetStatus()}, nil
 }
 
+// onCharged sells a paid order's units and confirms the order with
+// StockSold, unless its cancellation was requested first: then the release
+// that follows takes the units back. StockSold is appended only if the
+// order's log has not moved since it was read, so it never crosses a
+// CancelRequested.
 func (f *seller) onCharged(ctx context.Context, ev *ordersv1.PaymentCharged) error {
 	id := ev.GetOrderId()
 	if err := validate.OrderID("order_id", id); err != nil {
@@ -54,6 +66,24 @@ func (f *seller) onCharged(ctx context.Context, ev *ordersv1.PaymentCharged) err
 	if err != nil {
 		return err
 	}
-	_, _, err = f.log.Append(ctx, orderlog.Event(id, orderlog.StockSold, &ordersv1.StockSold{OrderId: id}))
-	return err
+	for attempt := 1; ; attempt++ {
+		st, err := orderlog.Read(ctx, f.log, id)
+		if err != nil {
+			return err
+		}
+		if st.CancelRequested || orderlog.IsTerminal(st.Order.GetStatus()) {
+			return nil
+		}
+		dup, err := orderlog.Append(ctx, f.log, st, orderlog.StockSold, &ordersv1.StockSold{OrderId: id})
+		if errors.Is(err, state.ErrConflict) && attempt < state.MaxAttempts {
+			if err := state.Backoff(ctx, attempt); err != nil {
+				return err
+			}
+			continue // another event of the order came first: decide again
+		}
+		if err == nil && !dup {
+			f.obs(ordersv1.OrderStatus_ORDER_STATUS_CONFIRMED, f.now().Sub(st.Order.GetCreatedAt().AsTime()))
+		}
+		return err
+	}
 }

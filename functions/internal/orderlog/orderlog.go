@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -30,9 +31,6 @@ const (
 	PaymentDeclined = "payment_declined"
 	StockReleased   = "stock_released"
 	StockSold       = "stock_sold"
-	Confirmed       = "confirmed"
-	Rejected        = "rejected"
-	Cancelled       = "cancelled"
 	CancelRequested = "cancel_requested"
 	PaymentRefunded = "payment_refunded"
 )
@@ -53,10 +51,6 @@ func OrderID(subject string) string {
 	return parts[1]
 }
 
-// terminalID is the message id shared by the three terminal events, so the
-// stream's deduplication keeps at most one of them per order.
-const terminalID = "terminal"
-
 // Subject is where an order's event is published.
 func Subject(orderID, event string) string { return "ORDER." + orderID + "." + event }
 
@@ -64,13 +58,7 @@ func Subject(orderID, event string) string { return "ORDER." + orderID + "." + e
 func Filter(orderID string) string { return "ORDER." + orderID + ".>" }
 
 // EventID is the deterministic Nats-Msg-Id of an order's event.
-func EventID(orderID, event string) string {
-	switch event {
-	case Confirmed, Rejected, Cancelled:
-		event = terminalID
-	}
-	return orderID + "/" + event
-}
+func EventID(orderID, event string) string { return orderID + "/" + event }
 
 // Event builds the log entry for an order's event.
 func Event(orderID, event string, payload proto.Message) state.Event {
@@ -97,12 +85,10 @@ type State struct {
 	// appending with optimistic concurrency (see Append).
 	LastSequence uint64
 
-	StockRejected   bool
-	StockSold       bool
-	StockReleased   bool
+	// CancelRequested is set when a cancellation was requested while the
+	// order was not terminal; CancelReason says why.
 	CancelRequested bool
-	// Reason of the rejection, release or cancellation, the latest first.
-	RejectReason, ReleaseReason, CancelReason string
+	CancelReason    string
 }
 
 // Read returns the order's state. An order without events is
@@ -120,8 +106,9 @@ func Read(ctx context.Context, log state.Log, orderID string) (*State, error) {
 }
 
 // Append stores an event of the order only if no other event of the order
-// was stored since st was read, so decisions taken on st (confirm, cancel)
-// cannot cross. A conflict is state.ErrConflict: read again and decide again.
+// was stored since st was read, so decisions taken on st (StockSold, which
+// confirms, and CancelRequested) cannot cross. A conflict is
+// state.ErrConflict: read again and decide again.
 func Append(ctx context.Context, log state.Log, st *State, event string, payload proto.Message) (duplicate bool, err error) {
 	id := st.Order.GetOrderId()
 	e := Event(id, event, payload)
@@ -131,8 +118,9 @@ func Append(ctx context.Context, log state.Log, st *State, event string, payload
 }
 
 // Fold applies events oldest first. Status only moves forward along the saga
-// (PENDING, RESERVED, PAID, then one terminal state) and a terminal state is
-// never left, whatever arrives after it.
+// (PENDING, RESERVED, PAID, then one terminal state: StockSold confirms,
+// StockRejected rejects, StockReleased cancels) and a terminal state is never
+// left, whatever arrives after it.
 func Fold(recs []state.Record) (*State, error) {
 	st := &State{Events: make([]*ordersv1.OrderEvent, 0, len(recs))}
 	for _, r := range recs {
@@ -174,29 +162,28 @@ func (st *State) apply(msg proto.Message, ev *ordersv1.OrderEvent) {
 		to = ordersv1.OrderStatus_ORDER_STATUS_RESERVED
 	case *ordersv1.PaymentCharged:
 		to = ordersv1.OrderStatus_ORDER_STATUS_PAID
-	case *ordersv1.StockRejected:
-		ev.Reason = m.GetReason()
-		st.StockRejected, st.RejectReason = true, m.GetReason()
 	case *ordersv1.PaymentDeclined:
 		ev.Reason = m.GetReason()
-	case *ordersv1.StockReleased:
-		ev.Reason = m.GetReason()
-		st.StockReleased, st.ReleaseReason = true, m.GetReason()
-	case *ordersv1.StockSold:
-		st.StockSold = true
-	case *ordersv1.CancelRequested:
-		ev.Reason = m.GetReason()
-		if !st.CancelRequested {
-			st.CancelRequested, st.CancelReason = true, m.GetReason()
-		}
 	case *ordersv1.PaymentRefunded:
 		ev.Reason = m.GetReason()
-	case *ordersv1.OrderConfirmed:
-		to = ordersv1.OrderStatus_ORDER_STATUS_CONFIRMED
-	case *ordersv1.OrderRejected:
+	case *ordersv1.CancelRequested:
+		ev.Reason = m.GetReason()
+		if !st.CancelRequested && !IsTerminal(o.Status) {
+			st.CancelRequested, st.CancelReason = true, m.GetReason()
+		}
+	case *ordersv1.StockRejected:
 		ev.Reason, to = m.GetReason(), ordersv1.OrderStatus_ORDER_STATUS_REJECTED
-	case *ordersv1.OrderCancelled:
+	case *ordersv1.StockSold:
+		// Appended only while no cancellation is requested; a StockSold after
+		// one (which the append check prevents) would not confirm.
+		if !st.CancelRequested {
+			to = ordersv1.OrderStatus_ORDER_STATUS_CONFIRMED
+		}
+	case *ordersv1.StockReleased:
 		ev.Reason, to = m.GetReason(), ordersv1.OrderStatus_ORDER_STATUS_CANCELLED
+		if ev.Reason == "" {
+			ev.Reason = st.CancelReason
+		}
 	}
 	if IsTerminal(o.Status) || to <= o.Status && !IsTerminal(to) {
 		return
@@ -207,28 +194,9 @@ func (st *State) apply(msg proto.Message, ev *ordersv1.OrderEvent) {
 	}
 }
 
-// Outcome is the terminal event the order is ready for, if any: REJECTED
-// when its stock was rejected; CANCELLED once its stock is released (never
-// before, so a cancelled order's units are back when it says so); CONFIRMED
-// once its stock is sold, unless a cancellation was requested first.
-func (st *State) Outcome() (event string, payload proto.Message) {
-	id := st.Order.GetOrderId()
-	switch {
-	case IsTerminal(st.Order.GetStatus()):
-		return "", nil
-	case st.StockRejected:
-		return Rejected, &ordersv1.OrderRejected{OrderId: id, Reason: st.RejectReason}
-	case st.StockReleased:
-		reason := st.ReleaseReason
-		if reason == "" {
-			reason = st.CancelReason
-		}
-		return Cancelled, &ordersv1.OrderCancelled{OrderId: id, Reason: reason}
-	case st.StockSold && !st.CancelRequested:
-		return Confirmed, &ordersv1.OrderConfirmed{OrderId: id}
-	}
-	return "", nil
-}
+// Observer learns of every order a function ends: its terminal status and
+// how long it took from creation. The saga's metrics hang here.
+type Observer func(status ordersv1.OrderStatus, sinceCreated time.Duration)
 
 func decode(r state.Record) (proto.Message, error) {
 	name := r.Type

@@ -129,6 +129,7 @@ func (x *StockReserved) GetAmount() *Money {
 }
 
 // StockRejected (ORDER.<id>.stock_rejected): not enough stock; nothing held.
+// The order is REJECTED.
 type StockRejected struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	OrderId       string                 `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
@@ -287,7 +288,8 @@ func (x *PaymentDeclined) GetReason() string {
 	return ""
 }
 
-// StockReleased (ORDER.<id>.stock_released): the hold went back to available.
+// StockReleased (ORDER.<id>.stock_released): the order's units went back to
+// available and any capture was refunded. The order is CANCELLED.
 type StockReleased struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	OrderId       string                 `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
@@ -340,7 +342,10 @@ func (x *StockReleased) GetReason() string {
 	return ""
 }
 
-// StockSold (ORDER.<id>.stock_sold): the held units moved to sold.
+// StockSold (ORDER.<id>.stock_sold): the held units moved to sold, after the
+// payment was captured. The order is CONFIRMED. Appended only while no
+// cancellation is requested, with an expected-last-sequence check over the
+// order's events, so it never crosses a CancelRequested.
 type StockSold struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	OrderId       string                 `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
@@ -385,162 +390,10 @@ func (x *StockSold) GetOrderId() string {
 	return ""
 }
 
-// OrderConfirmed (ORDER.<id>.confirmed): terminal, paid and sold.
-type OrderConfirmed struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	OrderId       string                 `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *OrderConfirmed) Reset() {
-	*x = OrderConfirmed{}
-	mi := &file_orders_v1_events_proto_msgTypes[7]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *OrderConfirmed) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*OrderConfirmed) ProtoMessage() {}
-
-func (x *OrderConfirmed) ProtoReflect() protoreflect.Message {
-	mi := &file_orders_v1_events_proto_msgTypes[7]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use OrderConfirmed.ProtoReflect.Descriptor instead.
-func (*OrderConfirmed) Descriptor() ([]byte, []int) {
-	return file_orders_v1_events_proto_rawDescGZIP(), []int{7}
-}
-
-func (x *OrderConfirmed) GetOrderId() string {
-	if x != nil {
-		return x.OrderId
-	}
-	return ""
-}
-
-// OrderRejected (ORDER.<id>.rejected): terminal, no stock.
-type OrderRejected struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	OrderId       string                 `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
-	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *OrderRejected) Reset() {
-	*x = OrderRejected{}
-	mi := &file_orders_v1_events_proto_msgTypes[8]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *OrderRejected) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*OrderRejected) ProtoMessage() {}
-
-func (x *OrderRejected) ProtoReflect() protoreflect.Message {
-	mi := &file_orders_v1_events_proto_msgTypes[8]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use OrderRejected.ProtoReflect.Descriptor instead.
-func (*OrderRejected) Descriptor() ([]byte, []int) {
-	return file_orders_v1_events_proto_rawDescGZIP(), []int{8}
-}
-
-func (x *OrderRejected) GetOrderId() string {
-	if x != nil {
-		return x.OrderId
-	}
-	return ""
-}
-
-func (x *OrderRejected) GetReason() string {
-	if x != nil {
-		return x.Reason
-	}
-	return ""
-}
-
-// OrderCancelled (ORDER.<id>.cancelled): terminal, stock released and any
-// capture refunded.
-type OrderCancelled struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	OrderId       string                 `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
-	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *OrderCancelled) Reset() {
-	*x = OrderCancelled{}
-	mi := &file_orders_v1_events_proto_msgTypes[9]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *OrderCancelled) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*OrderCancelled) ProtoMessage() {}
-
-func (x *OrderCancelled) ProtoReflect() protoreflect.Message {
-	mi := &file_orders_v1_events_proto_msgTypes[9]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use OrderCancelled.ProtoReflect.Descriptor instead.
-func (*OrderCancelled) Descriptor() ([]byte, []int) {
-	return file_orders_v1_events_proto_rawDescGZIP(), []int{9}
-}
-
-func (x *OrderCancelled) GetOrderId() string {
-	if x != nil {
-		return x.OrderId
-	}
-	return ""
-}
-
-func (x *OrderCancelled) GetReason() string {
-	if x != nil {
-		return x.Reason
-	}
-	return ""
-}
-
 // CancelRequested (ORDER.<id>.cancel_requested): the order is to be
 // cancelled, by its customer or because a step failed for good. Written only
-// while the order is not terminal; once written, the order can only end
-// CANCELLED (or REJECTED, if its stock was already rejected).
+// while the order is not terminal, with the same check as StockSold; once
+// written, the order can only end CANCELLED.
 type CancelRequested struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	OrderId       string                 `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
@@ -551,7 +404,7 @@ type CancelRequested struct {
 
 func (x *CancelRequested) Reset() {
 	*x = CancelRequested{}
-	mi := &file_orders_v1_events_proto_msgTypes[10]
+	mi := &file_orders_v1_events_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -563,7 +416,7 @@ func (x *CancelRequested) String() string {
 func (*CancelRequested) ProtoMessage() {}
 
 func (x *CancelRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_orders_v1_events_proto_msgTypes[10]
+	mi := &file_orders_v1_events_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -576,7 +429,7 @@ func (x *CancelRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRequested.ProtoReflect.Descriptor instead.
 func (*CancelRequested) Descriptor() ([]byte, []int) {
-	return file_orders_v1_events_proto_rawDescGZIP(), []int{10}
+	return file_orders_v1_events_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CancelRequested) GetOrderId() string {
@@ -608,7 +461,7 @@ type PaymentRefunded struct {
 
 func (x *PaymentRefunded) Reset() {
 	*x = PaymentRefunded{}
-	mi := &file_orders_v1_events_proto_msgTypes[11]
+	mi := &file_orders_v1_events_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -620,7 +473,7 @@ func (x *PaymentRefunded) String() string {
 func (*PaymentRefunded) ProtoMessage() {}
 
 func (x *PaymentRefunded) ProtoReflect() protoreflect.Message {
-	mi := &file_orders_v1_events_proto_msgTypes[11]
+	mi := &file_orders_v1_events_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -633,7 +486,7 @@ func (x *PaymentRefunded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PaymentRefunded.ProtoReflect.Descriptor instead.
 func (*PaymentRefunded) Descriptor() ([]byte, []int) {
-	return file_orders_v1_events_proto_rawDescGZIP(), []int{11}
+	return file_orders_v1_events_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PaymentRefunded) GetOrderId() string {
@@ -682,15 +535,7 @@ const file_orders_v1_events_proto_rawDesc = "" +
 	"\border_id\x18\x01 \x01(\tR\aorderId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"&\n" +
 	"\tStockSold\x12\x19\n" +
-	"\border_id\x18\x01 \x01(\tR\aorderId\"+\n" +
-	"\x0eOrderConfirmed\x12\x19\n" +
-	"\border_id\x18\x01 \x01(\tR\aorderId\"B\n" +
-	"\rOrderRejected\x12\x19\n" +
-	"\border_id\x18\x01 \x01(\tR\aorderId\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"C\n" +
-	"\x0eOrderCancelled\x12\x19\n" +
-	"\border_id\x18\x01 \x01(\tR\aorderId\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"D\n" +
+	"\border_id\x18\x01 \x01(\tR\aorderId\"D\n" +
 	"\x0fCancelRequested\x12\x19\n" +
 	"\border_id\x18\x01 \x01(\tR\aorderId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"`\n" +
@@ -713,7 +558,7 @@ func file_orders_v1_events_proto_rawDescGZIP() []byte {
 	return file_orders_v1_events_proto_rawDescData
 }
 
-var file_orders_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_orders_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_orders_v1_events_proto_goTypes = []any{
 	(*OrderCreated)(nil),    // 0: orders.v1.OrderCreated
 	(*StockReserved)(nil),   // 1: orders.v1.StockReserved
@@ -722,18 +567,15 @@ var file_orders_v1_events_proto_goTypes = []any{
 	(*PaymentDeclined)(nil), // 4: orders.v1.PaymentDeclined
 	(*StockReleased)(nil),   // 5: orders.v1.StockReleased
 	(*StockSold)(nil),       // 6: orders.v1.StockSold
-	(*OrderConfirmed)(nil),  // 7: orders.v1.OrderConfirmed
-	(*OrderRejected)(nil),   // 8: orders.v1.OrderRejected
-	(*OrderCancelled)(nil),  // 9: orders.v1.OrderCancelled
-	(*CancelRequested)(nil), // 10: orders.v1.CancelRequested
-	(*PaymentRefunded)(nil), // 11: orders.v1.PaymentRefunded
-	(*Order)(nil),           // 12: orders.v1.Order
-	(*Money)(nil),           // 13: orders.v1.Money
+	(*CancelRequested)(nil), // 7: orders.v1.CancelRequested
+	(*PaymentRefunded)(nil), // 8: orders.v1.PaymentRefunded
+	(*Order)(nil),           // 9: orders.v1.Order
+	(*Money)(nil),           // 10: orders.v1.Money
 }
 var file_orders_v1_events_proto_depIdxs = []int32{
-	12, // 0: orders.v1.OrderCreated.order:type_name -> orders.v1.Order
-	13, // 1: orders.v1.StockReserved.amount:type_name -> orders.v1.Money
-	13, // 2: orders.v1.PaymentCharged.amount:type_name -> orders.v1.Money
+	9,  // 0: orders.v1.OrderCreated.order:type_name -> orders.v1.Order
+	10, // 1: orders.v1.StockReserved.amount:type_name -> orders.v1.Money
+	10, // 2: orders.v1.PaymentCharged.amount:type_name -> orders.v1.Money
 	3,  // [3:3] is the sub-list for method output_type
 	3,  // [3:3] is the sub-list for method input_type
 	3,  // [3:3] is the sub-list for extension type_name
@@ -753,7 +595,7 @@ func file_orders_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_orders_v1_events_proto_rawDesc), len(file_orders_v1_events_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

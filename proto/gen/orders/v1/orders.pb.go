@@ -335,102 +335,6 @@ func (x *CancelOrderResponse) GetStatus() OrderStatus {
 	return OrderStatus_ORDER_STATUS_UNSPECIFIED
 }
 
-type SettleOrderRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	OrderId       string                 `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *SettleOrderRequest) Reset() {
-	*x = SettleOrderRequest{}
-	mi := &file_orders_v1_orders_proto_msgTypes[6]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *SettleOrderRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*SettleOrderRequest) ProtoMessage() {}
-
-func (x *SettleOrderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_orders_v1_orders_proto_msgTypes[6]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use SettleOrderRequest.ProtoReflect.Descriptor instead.
-func (*SettleOrderRequest) Descriptor() ([]byte, []int) {
-	return file_orders_v1_orders_proto_rawDescGZIP(), []int{6}
-}
-
-func (x *SettleOrderRequest) GetOrderId() string {
-	if x != nil {
-		return x.OrderId
-	}
-	return ""
-}
-
-type SettleOrderResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	OrderId       string                 `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
-	Status        OrderStatus            `protobuf:"varint,2,opt,name=status,proto3,enum=orders.v1.OrderStatus" json:"status,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *SettleOrderResponse) Reset() {
-	*x = SettleOrderResponse{}
-	mi := &file_orders_v1_orders_proto_msgTypes[7]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *SettleOrderResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*SettleOrderResponse) ProtoMessage() {}
-
-func (x *SettleOrderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_orders_v1_orders_proto_msgTypes[7]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use SettleOrderResponse.ProtoReflect.Descriptor instead.
-func (*SettleOrderResponse) Descriptor() ([]byte, []int) {
-	return file_orders_v1_orders_proto_rawDescGZIP(), []int{7}
-}
-
-func (x *SettleOrderResponse) GetOrderId() string {
-	if x != nil {
-		return x.OrderId
-	}
-	return ""
-}
-
-func (x *SettleOrderResponse) GetStatus() OrderStatus {
-	if x != nil {
-		return x.Status
-	}
-	return OrderStatus_ORDER_STATUS_UNSPECIFIED
-}
-
 var File_orders_v1_orders_proto protoreflect.FileDescriptor
 
 const file_orders_v1_orders_proto_rawDesc = "" +
@@ -454,17 +358,11 @@ const file_orders_v1_orders_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"`\n" +
 	"\x13CancelOrderResponse\x12\x19\n" +
 	"\border_id\x18\x01 \x01(\tR\aorderId\x12.\n" +
-	"\x06status\x18\x02 \x01(\x0e2\x16.orders.v1.OrderStatusR\x06status\"/\n" +
-	"\x12SettleOrderRequest\x12\x19\n" +
-	"\border_id\x18\x01 \x01(\tR\aorderId\"`\n" +
-	"\x13SettleOrderResponse\x12\x19\n" +
-	"\border_id\x18\x01 \x01(\tR\aorderId\x12.\n" +
-	"\x06status\x18\x02 \x01(\x0e2\x16.orders.v1.OrderStatusR\x06status2\xbe\x02\n" +
+	"\x06status\x18\x02 \x01(\x0e2\x16.orders.v1.OrderStatusR\x06status2\xf0\x01\n" +
 	"\rOrdersService\x12L\n" +
 	"\vCreateOrder\x12\x1d.orders.v1.CreateOrderRequest\x1a\x1e.orders.v1.CreateOrderResponse\x12C\n" +
 	"\bGetOrder\x12\x1a.orders.v1.GetOrderRequest\x1a\x1b.orders.v1.GetOrderResponse\x12L\n" +
-	"\vCancelOrder\x12\x1d.orders.v1.CancelOrderRequest\x1a\x1e.orders.v1.CancelOrderResponse\x12L\n" +
-	"\vSettleOrder\x12\x1d.orders.v1.SettleOrderRequest\x1a\x1e.orders.v1.SettleOrderResponseB\x9e\x01\n" +
+	"\vCancelOrder\x12\x1d.orders.v1.CancelOrderRequest\x1a\x1e.orders.v1.CancelOrderResponseB\x9e\x01\n" +
 	"\rcom.orders.v1B\vOrdersProtoP\x01Z;github.com/orderflow/orderflow/proto/gen/orders/v1;ordersv1\xa2\x02\x03OXX\xaa\x02\tOrders.V1\xca\x02\tOrders\\V1\xe2\x02\x15Orders\\V1\\GPBMetadata\xea\x02\n" +
 	"Orders::V1b\x06proto3"
 
@@ -480,7 +378,7 @@ func file_orders_v1_orders_proto_rawDescGZIP() []byte {
 	return file_orders_v1_orders_proto_rawDescData
 }
 
-var file_orders_v1_orders_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_orders_v1_orders_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_orders_v1_orders_proto_goTypes = []any{
 	(*CreateOrderRequest)(nil),  // 0: orders.v1.CreateOrderRequest
 	(*CreateOrderResponse)(nil), // 1: orders.v1.CreateOrderResponse
@@ -488,33 +386,28 @@ var file_orders_v1_orders_proto_goTypes = []any{
 	(*GetOrderResponse)(nil),    // 3: orders.v1.GetOrderResponse
 	(*CancelOrderRequest)(nil),  // 4: orders.v1.CancelOrderRequest
 	(*CancelOrderResponse)(nil), // 5: orders.v1.CancelOrderResponse
-	(*SettleOrderRequest)(nil),  // 6: orders.v1.SettleOrderRequest
-	(*SettleOrderResponse)(nil), // 7: orders.v1.SettleOrderResponse
-	(*OrderItem)(nil),           // 8: orders.v1.OrderItem
-	(OrderStatus)(0),            // 9: orders.v1.OrderStatus
-	(*Order)(nil),               // 10: orders.v1.Order
-	(*OrderEvent)(nil),          // 11: orders.v1.OrderEvent
+	(*OrderItem)(nil),           // 6: orders.v1.OrderItem
+	(OrderStatus)(0),            // 7: orders.v1.OrderStatus
+	(*Order)(nil),               // 8: orders.v1.Order
+	(*OrderEvent)(nil),          // 9: orders.v1.OrderEvent
 }
 var file_orders_v1_orders_proto_depIdxs = []int32{
-	8,  // 0: orders.v1.CreateOrderRequest.items:type_name -> orders.v1.OrderItem
-	9,  // 1: orders.v1.CreateOrderResponse.status:type_name -> orders.v1.OrderStatus
-	10, // 2: orders.v1.GetOrderResponse.order:type_name -> orders.v1.Order
-	11, // 3: orders.v1.GetOrderResponse.events:type_name -> orders.v1.OrderEvent
-	9,  // 4: orders.v1.CancelOrderResponse.status:type_name -> orders.v1.OrderStatus
-	9,  // 5: orders.v1.SettleOrderResponse.status:type_name -> orders.v1.OrderStatus
-	0,  // 6: orders.v1.OrdersService.CreateOrder:input_type -> orders.v1.CreateOrderRequest
-	2,  // 7: orders.v1.OrdersService.GetOrder:input_type -> orders.v1.GetOrderRequest
-	4,  // 8: orders.v1.OrdersService.CancelOrder:input_type -> orders.v1.CancelOrderRequest
-	6,  // 9: orders.v1.OrdersService.SettleOrder:input_type -> orders.v1.SettleOrderRequest
-	1,  // 10: orders.v1.OrdersService.CreateOrder:output_type -> orders.v1.CreateOrderResponse
-	3,  // 11: orders.v1.OrdersService.GetOrder:output_type -> orders.v1.GetOrderResponse
-	5,  // 12: orders.v1.OrdersService.CancelOrder:output_type -> orders.v1.CancelOrderResponse
-	7,  // 13: orders.v1.OrdersService.SettleOrder:output_type -> orders.v1.SettleOrderResponse
-	10, // [10:14] is the sub-list for method output_type
-	6,  // [6:10] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	6, // 0: orders.v1.CreateOrderRequest.items:type_name -> orders.v1.OrderItem
+	7, // 1: orders.v1.CreateOrderResponse.status:type_name -> orders.v1.OrderStatus
+	8, // 2: orders.v1.GetOrderResponse.order:type_name -> orders.v1.Order
+	9, // 3: orders.v1.GetOrderResponse.events:type_name -> orders.v1.OrderEvent
+	7, // 4: orders.v1.CancelOrderResponse.status:type_name -> orders.v1.OrderStatus
+	0, // 5: orders.v1.OrdersService.CreateOrder:input_type -> orders.v1.CreateOrderRequest
+	2, // 6: orders.v1.OrdersService.GetOrder:input_type -> orders.v1.GetOrderRequest
+	4, // 7: orders.v1.OrdersService.CancelOrder:input_type -> orders.v1.CancelOrderRequest
+	1, // 8: orders.v1.OrdersService.CreateOrder:output_type -> orders.v1.CreateOrderResponse
+	3, // 9: orders.v1.OrdersService.GetOrder:output_type -> orders.v1.GetOrderResponse
+	5, // 10: orders.v1.OrdersService.CancelOrder:output_type -> orders.v1.CancelOrderResponse
+	8, // [8:11] is the sub-list for method output_type
+	5, // [5:8] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_orders_v1_orders_proto_init() }
@@ -529,7 +422,7 @@ func file_orders_v1_orders_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_orders_v1_orders_proto_rawDesc), len(file_orders_v1_orders_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
