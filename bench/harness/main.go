@@ -160,7 +160,14 @@ type modeResult struct {
 	Profile    string
 }
 
+// cpuUse is where the machine's time went during a run.
+type cpuUse struct {
+	ServerPct, HostPct, LoadPct float64 // of one core
+	IdlePct, IOWaitPct          float64 // of the whole machine
+}
+
 type loadResult struct {
+	CPU           cpuUse  `json:"-"`
 	Orders        int     `json:"orders"`
 	Failed        int     `json:"failed"`
 	Confirmed     int     `json:"confirmed"`
@@ -336,6 +343,7 @@ func runMode(o options, b bins, dir, mode string) (modeResult, error) {
 			prof = make(chan string, 1)
 			go func() { prof <- cpuProfile(metricsURL, o.profileS, dir) }()
 		}
+		cpu := startCPU(srv.Process.Pid, host.Process.Pid)
 		out, err := load("--orders", strconv.Itoa(o.orders), "--clients", strconv.Itoa(c), "--run", fmt.Sprintf("%s-c%d", mode, c))
 		if err != nil {
 			return res, fmt.Errorf("load generator: %w", err)
@@ -344,6 +352,7 @@ func runMode(o options, b bins, dir, mode string) (modeResult, error) {
 		if err := json.Unmarshal(out, &r); err != nil {
 			return res, err
 		}
+		r.CPU = cpu.stop()
 		logf("[%s]   %.1f confirmed/s, create p99 %.2fms", mode, r.ConfirmedPerS, r.CreateP99Ms)
 		res.Sweep = append(res.Sweep, r)
 		confirmedTotal += r.Confirmed
@@ -597,6 +606,67 @@ func (p *peak) stop() float64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.max
+}
+
+// cpuSampler measures CPU time of the server and host and the machine's
+// idle and I/O wait between start and stop.
+type cpuSampler struct {
+	server, host int
+	s0, h0       float64
+	t0           []float64
+	at           time.Time
+}
+
+func procCPU(pid int) float64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+2:]))
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseFloat(f[11], 64)
+	k, _ := strconv.ParseFloat(f[12], 64)
+	return (u + k) / 100 // clock ticks; USER_HZ is 100 on Linux
+}
+
+func machineCPU() []float64 {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return nil
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	var out []float64
+	for _, f := range strings.Fields(line)[1:] {
+		v, _ := strconv.ParseFloat(f, 64)
+		out = append(out, v)
+	}
+	return out
+}
+
+func startCPU(server, host int) *cpuSampler {
+	return &cpuSampler{server: server, host: host, s0: procCPU(server), h0: procCPU(host), t0: machineCPU(), at: time.Now()}
+}
+
+func (c *cpuSampler) stop() cpuUse {
+	secs := time.Since(c.at).Seconds()
+	u := cpuUse{
+		ServerPct: 100 * (procCPU(c.server) - c.s0) / secs,
+		HostPct:   100 * (procCPU(c.host) - c.h0) / secs,
+	}
+	t1 := machineCPU()
+	if len(t1) >= 5 && len(c.t0) >= 5 {
+		var total float64
+		for i := range t1 {
+			total += t1[i] - c.t0[i]
+		}
+		if total > 0 {
+			u.IdlePct = 100 * (t1[3] - c.t0[3]) / total
+			u.IOWaitPct = 100 * (t1[4] - c.t0[4]) / total
+		}
+	}
+	return u
 }
 
 type machineInfo struct {
