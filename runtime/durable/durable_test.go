@@ -146,7 +146,7 @@ func TestLogAppendIsIdempotent(t *testing.T) {
 	if err != nil || !dup || seq2 != seq {
 		t.Errorf("repeat append: seq %d dup %v err %v, want seq %d dup true", seq2, dup, err, seq)
 	}
-	if _, _, err := log.Append(ctx, state.Event{Subject: "ORDER.o-1.confirmed", ID: "o-1/terminal", Payload: &ordersv1.OrderConfirmed{OrderId: "o-1"}}); err != nil {
+	if _, _, err := log.Append(ctx, state.Event{Subject: "ORDER.o-1.stock_sold", ID: "o-1/stock_sold", Payload: &ordersv1.StockSold{OrderId: "o-1"}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := log.Append(ctx, state.Event{Subject: "ORDER.o-2.created", ID: "o-2/created", Payload: &ordersv1.OrderCreated{}}); err != nil {
@@ -161,7 +161,7 @@ func TestLogAppendIsIdempotent(t *testing.T) {
 	for _, r := range recs {
 		got = append(got, r.Subject+" "+r.Type)
 	}
-	want := []string{"ORDER.o-1.created orders.v1.OrderCreated", "ORDER.o-1.confirmed orders.v1.OrderConfirmed"}
+	want := []string{"ORDER.o-1.created orders.v1.OrderCreated", "ORDER.o-1.stock_sold orders.v1.StockSold"}
 	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
 		t.Errorf("Read = %q, want %q", got, want)
 	}
