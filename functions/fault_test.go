@@ -276,6 +276,7 @@ func TestFaults(t *testing.T) {
 		if l.GetAvailable()+l.GetReserved()+l.GetSold() != restocked || l.GetReserved() != 0 || l.GetSold() != sold[sku] {
 			t.Errorf("%s: available %d + reserved %d + sold %d, restocked %d, confirmed orders bought %d",
 				sku, l.GetAvailable(), l.GetReserved(), l.GetSold(), restocked, sold[sku])
+			explainHolds(t, s, sku, protoCall, deadline)
 		}
 	}
 
@@ -306,6 +307,39 @@ func TestFaults(t *testing.T) {
 		}
 	}
 	t.Logf("%d dead letters", len(dls.GetDeadLetters()))
+}
+
+// explainHolds prints the orders still holding units of sku, with their
+// histories and reservation records, to make a failure readable.
+func explainHolds(t *testing.T, s *testSystem, sku string, call func(string, proto.Message, proto.Message, nats.Header, time.Time) error, deadline time.Time) {
+	t.Helper()
+	kv, err := s.js.KeyValue(context.Background(), "stock")
+	if err != nil {
+		t.Log(err)
+		return
+	}
+	e, err := kv.Get(context.Background(), "sku."+sku)
+	if err != nil {
+		t.Log(err)
+		return
+	}
+	var l ordersv1.StockLevel
+	if err := proto.Unmarshal(e.Value(), &l); err != nil {
+		t.Log(err)
+		return
+	}
+	for id, h := range l.GetHolds() {
+		if h.GetState() != ordersv1.HoldState_HOLD_STATE_HELD {
+			continue
+		}
+		o := &ordersv1.GetOrderResponse{}
+		_ = call("orders.get", &ordersv1.GetOrderRequest{OrderId: id}, o, nil, deadline)
+		var r ordersv1.Reservation
+		if re, err := kv.Get(context.Background(), "order."+id); err == nil {
+			_ = proto.Unmarshal(re.Value(), &r)
+		}
+		t.Logf("held: %s x%d, order %s, events %s, reservation %v", id, h.GetQuantity(), o.GetOrder().GetStatus(), eventTypes(o), &r)
+	}
 }
 
 func isTerminal(s ordersv1.OrderStatus) bool {

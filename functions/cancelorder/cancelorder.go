@@ -71,11 +71,22 @@ func (f *canceller) onDeadLetter(ctx context.Context, dl *runtimev1.DeadLetter) 
 		reason = reason[:MaxReason]
 	}
 	_, err := f.cancel(ctx, id, reason)
-	if errors.Is(err, function.ErrConflict) || errors.Is(err, function.ErrNotFound) {
-		return nil
+	switch {
+	case errors.Is(err, function.ErrConflict):
+		return nil // ended already: nothing to compensate
+	case errors.Is(err, function.ErrNotFound) && function.CallFrom(ctx).Attempt < notFoundAttempts:
+		// The dead letter names an order, so it exists; a server that has
+		// just restarted can still answer "not found". Try again.
+		return fmt.Errorf("order %s: %w", id, orderlog.ErrNotReadable)
+	case errors.Is(err, function.ErrNotFound):
+		return nil // a message for an order that never was: nothing to do
 	}
 	return err
 }
+
+// notFoundAttempts bounds how long a dead letter of an order that cannot be
+// read is retried before it is taken for an order that never existed.
+const notFoundAttempts = 10
 
 // cancel appends CancelRequested unless the order ended or is already being
 // cancelled. The append expects the order's log unchanged since it was read,

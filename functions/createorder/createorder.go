@@ -88,7 +88,7 @@ func (c *creator) create(ctx context.Context, req *ordersv1.CreateOrderRequest) 
 	e.IfLast = &state.Last{Filter: orderlog.Filter(id)}
 	_, dup, err := c.log.Append(ctx, e)
 	if dup || errors.Is(err, state.ErrConflict) {
-		st, err := orderlog.Read(ctx, c.log, id)
+		st, err := orderlog.ReadExisting(ctx, c.log, id)
 		if err != nil {
 			return nil, err
 		}

@@ -5,6 +5,7 @@ package sellstock
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/orderflow/orderflow/functions/internal/inventory"
@@ -60,14 +61,19 @@ func (f *seller) onCharged(ctx context.Context, ev *ordersv1.PaymentCharged) err
 		return err
 	}
 	_, err := f.stock.Sell(ctx, id)
-	if errors.Is(err, inventory.ErrWrongState) {
+	switch {
+	case errors.Is(err, inventory.ErrWrongState):
 		return nil // released: a cancellation got here first and refunds
+	case errors.Is(err, function.ErrNotFound):
+		// A captured payment follows a reservation, so it exists; a server
+		// that has just restarted can still answer "not found".
+		return fmt.Errorf("order %s: %w", id, orderlog.ErrNotReadable)
 	}
 	if err != nil {
 		return err
 	}
 	for attempt := 1; ; attempt++ {
-		st, err := orderlog.Read(ctx, f.log, id)
+		st, err := orderlog.ReadExisting(ctx, f.log, id)
 		if err != nil {
 			return err
 		}

@@ -18,14 +18,20 @@
 //     then the record RELEASED.
 //
 // Whoever finds a record in a final state cleans up after the others: a
-// duplicate or late reserve gives back the holds it placed. RELEASED entries
-// stay an hour (TombstoneTTL), so that a release running twice at once, one
-// of them from a record read before the other finished, finds them and does
-// nothing, instead of taking an item without an entry for a sold one.
+// duplicate or late reserve gives back the holds it placed. Each HELD entry
+// names the reserve attempt that placed it and the record names the attempt
+// it adopted, so a hold placed by a late duplicate after the first hold was
+// sold (the entry was gone, so the duplicate could not tell) is recognised
+// and given back by whoever meets it. RELEASED entries stay an hour
+// (TombstoneTTL), so that a release running twice at once, one of them from
+// a record read before the other finished, finds them and does nothing,
+// instead of taking an item without an entry for a sold one.
 package inventory
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
@@ -108,7 +114,10 @@ func (st *Stock) record(ctx context.Context, orderID string) (*ordersv1.Reservat
 }
 
 // errShort stops a hold: not enough units, or no such SKU.
-type errShort struct{ reason string }
+type errShort struct {
+	reason  string
+	unknown bool
+}
 
 func (e errShort) Error() string { return e.reason }
 
@@ -161,11 +170,14 @@ func (st *Stock) level(ctx context.Context, sku string, fn func(l *ordersv1.Stoc
 // rejection even if stock arrives later.
 func (st *Stock) Reserve(ctx context.Context, orderID string, items []*ordersv1.OrderItem) (*ordersv1.Reservation, error) {
 	items = sortedItems(items)
-	for attempt := 1; ; attempt++ {
+	attempt := newAttempt()
+	for try := 1; ; try++ {
 		r, _, err := st.record(ctx, orderID)
 		switch {
 		case err == nil && (r.Status == reserved || r.Status == sold):
-			return r, nil
+			// Another attempt recorded first: give back holds of ours it
+			// did not adopt, and any a crashed late attempt left.
+			return r, st.dropStrays(ctx, orderID, r)
 		case err == nil:
 			// Rejected or released: give back any hold a reserve that lost the
 			// race placed, and report the outcome.
@@ -174,9 +186,9 @@ func (st *Stock) Reserve(ctx context.Context, orderID string, items []*ordersv1.
 			return nil, err
 		}
 
-		r = &ordersv1.Reservation{OrderId: orderID, Items: items, Status: reserved}
+		r = &ordersv1.Reservation{OrderId: orderID, Items: items, Status: reserved, Attempts: map[string]string{}}
 		for _, it := range items {
-			err := st.hold(ctx, orderID, it)
+			owner, err := st.hold(ctx, orderID, it, attempt)
 			var short errShort
 			switch {
 			case errors.As(err, &short):
@@ -189,6 +201,7 @@ func (st *Stock) Reserve(ctx context.Context, orderID string, items []*ordersv1.
 			if r.Status != reserved {
 				break
 			}
+			r.Attempts[it.GetSku()] = owner
 		}
 		if r.Status == released {
 			continue
@@ -197,7 +210,7 @@ func (st *Stock) Reserve(ctx context.Context, orderID string, items []*ordersv1.
 		// REJECTED record is written before the holds go back, so a
 		// duplicate reserve can never record RESERVED over a hold given back.
 		err = state.Put(ctx, st.s, reservationKey(orderID), r, 0)
-		if errors.Is(err, state.ErrConflict) && attempt < state.MaxAttempts {
+		if errors.Is(err, state.ErrConflict) && try < state.MaxAttempts {
 			continue // another writer recorded first: act on its record
 		}
 		if err != nil {
@@ -210,30 +223,85 @@ func (st *Stock) Reserve(ctx context.Context, orderID string, items []*ordersv1.
 	}
 }
 
+// newAttempt names one reserve attempt.
+func newAttempt() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
 // hold moves an item's units from available to reserved under an entry for
-// the order; an entry already there means this was done.
-func (st *Stock) hold(ctx context.Context, orderID string, it *ordersv1.OrderItem) error {
-	return st.level(ctx, it.GetSku(), func(l *ordersv1.StockLevel, exists bool) error {
+// the order. An entry already there means the hold is in place; owner is
+// the attempt that placed it.
+func (st *Stock) hold(ctx context.Context, orderID string, it *ordersv1.OrderItem, attempt string) (owner string, err error) {
+	for try := 1; ; try++ {
+		owner, err = st.holdOnce(ctx, orderID, it, attempt)
+		var short errShort
+		// A SKU that reads as missing right after a server restart may not
+		// be missing: read once more before rejecting an order for it.
+		if try == 1 && errors.As(err, &short) && short.unknown {
+			if err := state.Backoff(ctx, 20); err != nil {
+				return "", err
+			}
+			continue
+		}
+		return owner, err
+	}
+}
+
+func (st *Stock) holdOnce(ctx context.Context, orderID string, it *ordersv1.OrderItem, attempt string) (owner string, err error) {
+	err = st.level(ctx, it.GetSku(), func(l *ordersv1.StockLevel, exists bool) error {
+		owner = ""
 		if h, ok := l.Holds[orderID]; ok {
 			if h.State == releasedOne {
 				return errReleasing
 			}
+			owner = h.Attempt
 			return errNoChange
 		}
 		if !exists {
-			return errShort{fmt.Sprintf("unknown SKU %s", it.GetSku())}
+			return errShort{reason: fmt.Sprintf("unknown SKU %s", it.GetSku()), unknown: true}
 		}
 		if l.Available < it.GetQuantity() {
-			return errShort{fmt.Sprintf("insufficient stock for %s: %d available, %d requested", it.GetSku(), l.Available, it.GetQuantity())}
+			return errShort{reason: fmt.Sprintf("insufficient stock for %s: %d available, %d requested", it.GetSku(), l.Available, it.GetQuantity())}
 		}
 		l.Available -= it.GetQuantity()
 		l.Reserved += it.GetQuantity()
 		if l.Holds == nil {
 			l.Holds = map[string]*ordersv1.Hold{}
 		}
-		l.Holds[orderID] = &ordersv1.Hold{Quantity: it.GetQuantity(), State: held}
+		l.Holds[orderID] = &ordersv1.Hold{Quantity: it.GetQuantity(), State: held, Attempt: attempt}
+		owner = attempt
 		return nil
 	})
+	return owner, err
+}
+
+// stray reports whether h is a hold that r did not adopt: placed by a late
+// duplicate reserve after the adopted hold was sold.
+func stray(h *ordersv1.Hold, r *ordersv1.Reservation, sku string) bool {
+	return h.State == held && h.Attempt != r.GetAttempts()[sku]
+}
+
+// dropStrays gives back the holds of a reserved or sold order that its
+// record did not adopt.
+func (st *Stock) dropStrays(ctx context.Context, orderID string, r *ordersv1.Reservation) error {
+	for _, it := range r.GetItems() {
+		err := st.level(ctx, it.GetSku(), func(l *ordersv1.StockLevel, _ bool) error {
+			h, ok := l.Holds[orderID]
+			if !ok || !stray(h, r, it.GetSku()) {
+				return errNoChange
+			}
+			l.Reserved -= h.Quantity
+			l.Available += h.Quantity
+			delete(l.Holds, orderID)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // cleanup gives back the order's HELD units, leaving tombstones, for an
@@ -262,14 +330,14 @@ func (st *Stock) Sell(ctx context.Context, orderID string) (*ordersv1.Reservatio
 	for attempt := 1; ; attempt++ {
 		r, rev, err := st.record(ctx, orderID)
 		if errors.Is(err, state.ErrNotFound) {
-			return nil, fmt.Errorf("%w: order %s has no reservation to sell", ErrWrongState, orderID)
+			return nil, fmt.Errorf("reservation %s: %w", orderID, function.ErrNotFound)
 		}
 		if err != nil {
 			return nil, err
 		}
 		switch r.Status {
 		case sold:
-			return r, nil
+			return r, st.dropStrays(ctx, orderID, r)
 		case reserved:
 		default:
 			return r, fmt.Errorf("%w: order %s is %s, cannot be sold", ErrWrongState, orderID, r.Status)
@@ -282,9 +350,14 @@ func (st *Stock) Sell(ctx context.Context, orderID string) (*ordersv1.Reservatio
 					return errNoChange // sold already
 				case h.State == releasedOne:
 					return errReleasing
+				case stray(h, r, it.GetSku()):
+					// A late duplicate's hold: ours was sold already.
+					l.Reserved -= h.Quantity
+					l.Available += h.Quantity
+				default:
+					l.Reserved -= h.Quantity
+					l.Sold += h.Quantity
 				}
-				l.Reserved -= h.Quantity
-				l.Sold += h.Quantity
 				delete(l.Holds, orderID)
 				return nil
 			})
@@ -329,27 +402,32 @@ func (st *Stock) Release(ctx context.Context, orderID, reason string) (*ordersv1
 			return r, st.cleanup(ctx, orderID, r.GetItems())
 		}
 		// Reserved or sold: every item was held when the record was written,
-		// so an item without an entry was sold.
+		// so an item without its adopted hold was sold.
 		for _, it := range r.GetItems() {
 			err := st.level(ctx, it.GetSku(), func(l *ordersv1.StockLevel, _ bool) error {
 				h, ok := l.Holds[orderID]
+				q := it.GetQuantity()
 				switch {
 				case ok && h.State == releasedOne:
 					return errNoChange
-				case ok:
+				case ok && !stray(h, r, it.GetSku()):
 					l.Reserved -= h.Quantity
 				default:
-					if l.Sold < it.GetQuantity() {
+					if ok { // a late duplicate's hold: give it back too
+						l.Reserved -= h.Quantity
+						l.Available += h.Quantity
+					}
+					if l.Sold < q {
 						// The ledger is corrupt; never paper over it.
 						return fmt.Errorf("order %s: %s holds fewer sold units than the reservation", orderID, it.GetSku())
 					}
-					l.Sold -= it.GetQuantity()
+					l.Sold -= q
 				}
-				l.Available += it.GetQuantity()
+				l.Available += q
 				if l.Holds == nil {
 					l.Holds = map[string]*ordersv1.Hold{}
 				}
-				l.Holds[orderID] = st.tombstone(it.GetQuantity())
+				l.Holds[orderID] = st.tombstone(q)
 				return nil
 			})
 			if err != nil {

@@ -105,6 +105,21 @@ func Read(ctx context.Context, log state.Log, orderID string) (*State, error) {
 	return st, err
 }
 
+// ErrNotReadable is returned by ReadExisting when an order known to exist
+// (an event of it is in hand) reads as missing, as a server that has just
+// restarted can answer. It is transient: retry.
+var ErrNotReadable = errors.New("order log not readable yet")
+
+// ReadExisting is Read for an order that exists: a step holding one of its
+// events, say. Missing is then a transient condition, never a 404.
+func ReadExisting(ctx context.Context, log state.Log, orderID string) (*State, error) {
+	st, err := Read(ctx, log, orderID)
+	if errors.Is(err, function.ErrNotFound) {
+		return nil, fmt.Errorf("order %s: %w", orderID, ErrNotReadable)
+	}
+	return st, err
+}
+
 // Append stores an event of the order only if no other event of the order
 // was stored since st was read, so decisions taken on st (StockSold, which
 // confirms, and CancelRequested) cannot cross. A conflict is

@@ -164,7 +164,12 @@ type Hold struct {
 	// When a RELEASED entry was written (Unix seconds). Such entries are
 	// dropped an hour later, long after any step that read the order's record
 	// before the release could still be running.
-	ReleasedUnix  int64 `protobuf:"varint,3,opt,name=released_unix,json=releasedUnix,proto3" json:"released_unix,omitempty"`
+	ReleasedUnix int64 `protobuf:"varint,3,opt,name=released_unix,json=releasedUnix,proto3" json:"released_unix,omitempty"`
+	// The reserve attempt that placed a HELD entry. The order's reservation
+	// record names the attempt it adopted per SKU; an entry of another attempt
+	// is a late duplicate's, placed after the first hold was sold, and is given
+	// back.
+	Attempt       string `protobuf:"bytes,4,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -220,14 +225,23 @@ func (x *Hold) GetReleasedUnix() int64 {
 	return 0
 }
 
+func (x *Hold) GetAttempt() string {
+	if x != nil {
+		return x.Attempt
+	}
+	return ""
+}
+
 // Reservation is kept in bucket "stock" under "order.<order_id>": the outcome
 // of an order's reservation, written after its holds.
 type Reservation struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	OrderId       string                 `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
-	Items         []*OrderItem           `protobuf:"bytes,2,rep,name=items,proto3" json:"items,omitempty"`
-	Status        ReservationStatus      `protobuf:"varint,3,opt,name=status,proto3,enum=orders.v1.ReservationStatus" json:"status,omitempty"`
-	Reason        string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	OrderId string                 `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
+	Items   []*OrderItem           `protobuf:"bytes,2,rep,name=items,proto3" json:"items,omitempty"`
+	Status  ReservationStatus      `protobuf:"varint,3,opt,name=status,proto3,enum=orders.v1.ReservationStatus" json:"status,omitempty"`
+	Reason  string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The attempt whose hold the reservation adopted, by SKU (see Hold).
+	Attempts      map[string]string `protobuf:"bytes,5,rep,name=attempts,proto3" json:"attempts,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -288,6 +302,13 @@ func (x *Reservation) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *Reservation) GetAttempts() map[string]string {
+	if x != nil {
+		return x.Attempts
+	}
+	return nil
 }
 
 // Payment is kept in bucket "payments" under the order id.
@@ -491,16 +512,21 @@ const file_orders_v1_state_proto_rawDesc = "" +
 	"\n" +
 	"HoldsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12%\n" +
-	"\x05value\x18\x02 \x01(\v2\x0f.orders.v1.HoldR\x05value:\x028\x01\"s\n" +
+	"\x05value\x18\x02 \x01(\v2\x0f.orders.v1.HoldR\x05value:\x028\x01\"\x8d\x01\n" +
 	"\x04Hold\x12\x1a\n" +
 	"\bquantity\x18\x01 \x01(\x05R\bquantity\x12*\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x14.orders.v1.HoldStateR\x05state\x12#\n" +
-	"\rreleased_unix\x18\x03 \x01(\x03R\freleasedUnix\"\xa2\x01\n" +
+	"\rreleased_unix\x18\x03 \x01(\x03R\freleasedUnix\x12\x18\n" +
+	"\aattempt\x18\x04 \x01(\tR\aattempt\"\xa1\x02\n" +
 	"\vReservation\x12\x19\n" +
 	"\border_id\x18\x01 \x01(\tR\aorderId\x12*\n" +
 	"\x05items\x18\x02 \x03(\v2\x14.orders.v1.OrderItemR\x05items\x124\n" +
 	"\x06status\x18\x03 \x01(\x0e2\x1c.orders.v1.ReservationStatusR\x06status\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\"\xd5\x01\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12@\n" +
+	"\battempts\x18\x05 \x03(\v2$.orders.v1.Reservation.AttemptsEntryR\battempts\x1a;\n" +
+	"\rAttemptsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd5\x01\n" +
 	"\aPayment\x12\x19\n" +
 	"\border_id\x18\x01 \x01(\tR\aorderId\x12\x1f\n" +
 	"\vcustomer_id\x18\x02 \x01(\tR\n" +
@@ -538,7 +564,7 @@ func file_orders_v1_state_proto_rawDescGZIP() []byte {
 }
 
 var file_orders_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_orders_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_orders_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_orders_v1_state_proto_goTypes = []any{
 	(HoldState)(0),         // 0: orders.v1.HoldState
 	(*StockLevel)(nil),     // 1: orders.v1.StockLevel
@@ -547,25 +573,27 @@ var file_orders_v1_state_proto_goTypes = []any{
 	(*Payment)(nil),        // 4: orders.v1.Payment
 	(*GatewayEntry)(nil),   // 5: orders.v1.GatewayEntry
 	nil,                    // 6: orders.v1.StockLevel.HoldsEntry
-	(*OrderItem)(nil),      // 7: orders.v1.OrderItem
-	(ReservationStatus)(0), // 8: orders.v1.ReservationStatus
-	(*Money)(nil),          // 9: orders.v1.Money
-	(PaymentStatus)(0),     // 10: orders.v1.PaymentStatus
+	nil,                    // 7: orders.v1.Reservation.AttemptsEntry
+	(*OrderItem)(nil),      // 8: orders.v1.OrderItem
+	(ReservationStatus)(0), // 9: orders.v1.ReservationStatus
+	(*Money)(nil),          // 10: orders.v1.Money
+	(PaymentStatus)(0),     // 11: orders.v1.PaymentStatus
 }
 var file_orders_v1_state_proto_depIdxs = []int32{
 	6,  // 0: orders.v1.StockLevel.holds:type_name -> orders.v1.StockLevel.HoldsEntry
 	0,  // 1: orders.v1.Hold.state:type_name -> orders.v1.HoldState
-	7,  // 2: orders.v1.Reservation.items:type_name -> orders.v1.OrderItem
-	8,  // 3: orders.v1.Reservation.status:type_name -> orders.v1.ReservationStatus
-	9,  // 4: orders.v1.Payment.amount:type_name -> orders.v1.Money
-	10, // 5: orders.v1.Payment.status:type_name -> orders.v1.PaymentStatus
-	9,  // 6: orders.v1.GatewayEntry.amount:type_name -> orders.v1.Money
-	2,  // 7: orders.v1.StockLevel.HoldsEntry.value:type_name -> orders.v1.Hold
-	8,  // [8:8] is the sub-list for method output_type
-	8,  // [8:8] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	8,  // 2: orders.v1.Reservation.items:type_name -> orders.v1.OrderItem
+	9,  // 3: orders.v1.Reservation.status:type_name -> orders.v1.ReservationStatus
+	7,  // 4: orders.v1.Reservation.attempts:type_name -> orders.v1.Reservation.AttemptsEntry
+	10, // 5: orders.v1.Payment.amount:type_name -> orders.v1.Money
+	11, // 6: orders.v1.Payment.status:type_name -> orders.v1.PaymentStatus
+	10, // 7: orders.v1.GatewayEntry.amount:type_name -> orders.v1.Money
+	2,  // 8: orders.v1.StockLevel.HoldsEntry.value:type_name -> orders.v1.Hold
+	9,  // [9:9] is the sub-list for method output_type
+	9,  // [9:9] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_orders_v1_state_proto_init() }
@@ -582,7 +610,7 @@ func file_orders_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_orders_v1_state_proto_rawDesc), len(file_orders_v1_state_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
