@@ -8,6 +8,7 @@ import (
 	"github.com/orderflow/orderflow/functions/internal/validate"
 	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
 	"github.com/orderflow/orderflow/runtime/function"
+	"github.com/orderflow/orderflow/runtime/retry"
 )
 
 // MaxQuantity bounds one restock.
@@ -28,5 +29,11 @@ func New(stock *inventory.Stock) function.Definition {
 		}
 		return &ordersv1.RestockResponse{Sku: l.GetSku(), Available: l.GetAvailable(), Reserved: l.GetReserved(), Sold: l.GetSold()}, nil
 	}
-	return function.New("restock", restock, function.WithDescription("Add units of a SKU; replies with its new stock levels."))
+	// A restock is not idempotent (it carries no id), so the runtime must not
+	// retry it: a retry after a write whose reply was lost would add twice.
+	once := retry.Default
+	once.MaxAttempts = 1
+	return function.New("restock", restock,
+		function.WithDescription("Add units of a SKU; replies with its new stock levels. Not retried: a caller that lost the reply checks inventory.get first."),
+		function.WithRetry(once))
 }
