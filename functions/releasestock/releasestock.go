@@ -29,9 +29,6 @@ const MaxReason = 512
 // which cancels the order; obs (may be nil) learns of each order it cancels.
 // It is compensation, which must happen, so it retries without limit.
 func New(stock *inventory.Stock, log state.Log, obs orderlog.Observer) function.Definition {
-	if obs == nil {
-		obs = func(ordersv1.OrderStatus, time.Duration) {}
-	}
 	f := &releaser{stock: stock, log: log, obs: obs, now: time.Now}
 	return function.New("release", f.request,
 		function.WithDescription("Give an order's units back to available; released once. Runs on PaymentDeclined and PaymentRefunded."),
@@ -81,7 +78,7 @@ func (f *releaser) release(ctx context.Context, id, reason string) error {
 	_, dup, err := f.log.Append(ctx, orderlog.Event(id, orderlog.StockReleased, &ordersv1.StockReleased{OrderId: id, Reason: r.GetReason()}))
 	if err == nil && !dup {
 		if st, rerr := orderlog.ReadExisting(ctx, f.log, id); rerr == nil {
-			f.obs(ordersv1.OrderStatus_ORDER_STATUS_CANCELLED, f.now().Sub(st.Order.GetCreatedAt().AsTime()))
+			f.obs.Observe(ordersv1.OrderStatus_ORDER_STATUS_CANCELLED, st.Order.GetCreatedAt().AsTime(), f.now())
 		}
 	}
 	return err

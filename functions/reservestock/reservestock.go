@@ -25,9 +25,6 @@ const Durable = "inventory-reserve"
 // OrderCreated and publishes StockReserved or StockRejected (which rejects
 // the order) to log; obs (may be nil) learns of each order it rejects.
 func New(stock *inventory.Stock, log state.Log, obs orderlog.Observer) function.Definition {
-	if obs == nil {
-		obs = func(ordersv1.OrderStatus, time.Duration) {}
-	}
 	f := &reserver{stock: stock, log: log, obs: obs, now: time.Now}
 	return function.New("reserve", f.request,
 		function.WithDescription("Reserve the items of an order, all or nothing; keyed by order id, so a repeat returns the first outcome. Runs on OrderCreated."),
@@ -80,7 +77,7 @@ func (f *reserver) onCreated(ctx context.Context, ev *ordersv1.OrderCreated) err
 	}
 	_, dup, err := f.log.Append(ctx, e)
 	if err == nil && !dup && r.GetStatus() == ordersv1.ReservationStatus_RESERVATION_STATUS_REJECTED {
-		f.obs(ordersv1.OrderStatus_ORDER_STATUS_REJECTED, f.now().Sub(o.GetCreatedAt().AsTime()))
+		f.obs.Observe(ordersv1.OrderStatus_ORDER_STATUS_REJECTED, o.GetCreatedAt().AsTime(), f.now())
 	}
 	return err
 }

@@ -23,9 +23,6 @@ const Durable = "inventory-sell"
 // PaymentCharged and publishes StockSold to log, which confirms the order;
 // obs (may be nil) learns of each order it confirms.
 func New(stock *inventory.Stock, log state.Log, obs orderlog.Observer) function.Definition {
-	if obs == nil {
-		obs = func(ordersv1.OrderStatus, time.Duration) {}
-	}
 	f := &seller{stock: stock, log: log, obs: obs, now: time.Now}
 	return function.New("sell", f.request,
 		function.WithDescription("Move an order's reserved units to sold; keyed by order id, so a repeat changes nothing. Runs on PaymentCharged."),
@@ -88,7 +85,7 @@ func (f *seller) onCharged(ctx context.Context, ev *ordersv1.PaymentCharged) err
 			continue // another event of the order came first: decide again
 		}
 		if err == nil && !dup {
-			f.obs(ordersv1.OrderStatus_ORDER_STATUS_CONFIRMED, f.now().Sub(st.Order.GetCreatedAt().AsTime()))
+			f.obs.Observe(ordersv1.OrderStatus_ORDER_STATUS_CONFIRMED, st.Order.GetCreatedAt().AsTime(), f.now())
 		}
 		return err
 	}

@@ -213,6 +213,14 @@ func (st *State) apply(msg proto.Message, ev *ordersv1.OrderEvent) {
 // how long it took from creation. The saga's metrics hang here.
 type Observer func(status ordersv1.OrderStatus, sinceCreated time.Duration)
 
+// Observe tells o, if there is one, that an order created at created ended
+// with status now.
+func (o Observer) Observe(status ordersv1.OrderStatus, created, now time.Time) {
+	if o != nil {
+		o(status, now.Sub(created))
+	}
+}
+
 func decode(r state.Record) (proto.Message, error) {
 	name := r.Type
 	if name == "" {
