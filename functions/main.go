@@ -270,7 +270,8 @@ func start(ctx context.Context, cfg config.Config, out io.Writer, tp trace.Trace
 		}},
 		health.Check{Name: "functions", Fn: func(context.Context) error { return sys.host.Ready() }},
 		health.Check{Name: "streams", Fn: func(ctx context.Context) error {
-			return durable.Check(ctx, js, durable.EventStream, durable.DeadLetterStream, "KV_"+inventory.Bucket, "KV_"+payments.Bucket, "KV_"+gateway.Bucket)
+			return durable.Check(ctx, js, durable.EventStream, durable.DeadLetterStream,
+				durable.BucketStream(inventory.Bucket), durable.BucketStream(payments.Bucket), durable.BucketStream(gateway.Bucket))
 		}},
 	)
 	if cfg.HTTPAddr != "off" {

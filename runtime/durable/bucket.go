@@ -4,11 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/synadia-io/orbit.go/jetstreamext"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/orderflow/orderflow/runtime/state"
@@ -16,18 +13,11 @@ import (
 
 // Bucket is a state.Store on a JetStream KV bucket.
 type Bucket struct {
-	js   jetstream.JetStream
 	kv   jetstream.KeyValue
 	name string
 }
 
 var _ state.Store = (*Bucket)(nil)
-
-// Name is the bucket name.
-func (b *Bucket) Name() string { return b.name }
-
-// Stream is the name of the stream behind the bucket.
-func (b *Bucket) Stream() string { return "KV_" + b.name }
 
 // Get implements state.Store.
 func (b *Bucket) Get(ctx context.Context, key string, into proto.Message) (uint64, error) {
@@ -44,48 +34,21 @@ func (b *Bucket) Get(ctx context.Context, key string, into proto.Message) (uint6
 	return e.Revision(), nil
 }
 
-var marshal = proto.MarshalOptions{Deterministic: true}
+var marshal = proto.MarshalOptions{}
 
-// Commit implements state.Store. One write is a KV create or update; more
-// are one atomic batch in which every message carries the revision its key
-// must still have, so the batch is a multi-key compare-and-set.
-func (b *Bucket) Commit(ctx context.Context, writes ...state.Write) error {
-	switch len(writes) {
-	case 0:
-		return nil
-	case 1:
-		return b.put(ctx, writes[0])
-	}
-	msgs := make([]*nats.Msg, len(writes))
-	for i, w := range writes {
-		data, err := marshal.Marshal(w.Value)
-		if err != nil {
-			return fmt.Errorf("encode %s/%s: %w", b.name, w.Key, err)
-		}
-		m := nats.NewMsg("$KV." + b.name + "." + w.Key)
-		m.Data = data
-		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(w.Revision, 10))
-		msgs[i] = m
-	}
-	_, err := jetstreamext.PublishMsgBatch(ctx, b.js, msgs, jetstreamext.BatchFlowControl{AckFirst: false})
+// Put implements state.Store: a KV create (rev 0) or update at rev.
+func (b *Bucket) Put(ctx context.Context, key string, value proto.Message, rev uint64) error {
+	data, err := marshal.Marshal(value)
 	if err != nil {
-		return b.mapErr("commit", writes[0].Key, err)
+		return fmt.Errorf("encode %s/%s: %w", b.name, key, err)
 	}
-	return nil
-}
-
-func (b *Bucket) put(ctx context.Context, w state.Write) error {
-	data, err := marshal.Marshal(w.Value)
-	if err != nil {
-		return fmt.Errorf("encode %s/%s: %w", b.name, w.Key, err)
-	}
-	if w.Revision == 0 {
-		_, err = b.kv.Create(ctx, w.Key, data)
+	if rev == 0 {
+		_, err = b.kv.Create(ctx, key, data)
 	} else {
-		_, err = b.kv.Update(ctx, w.Key, data, w.Revision)
+		_, err = b.kv.Update(ctx, key, data, rev)
 	}
 	if err != nil {
-		return b.mapErr("put", w.Key, err)
+		return b.mapErr("put", key, err)
 	}
 	return nil
 }
@@ -104,8 +67,7 @@ func isConflict(err error) bool {
 	}
 	var api *jetstream.APIError
 	if errors.As(err, &api) {
-		// 10071: wrong last sequence: N; 10164: wrong last sequence.
-		return api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || api.ErrorCode == 10164
+		return api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 	}
 	return false
 }

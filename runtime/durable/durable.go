@@ -1,6 +1,6 @@
 // Package durable implements the state package on JetStream: buckets are KV
-// buckets whose multi-key commits are atomic batch publishes, and the event
-// log is a stream with message-id deduplication. It also declares the
+// buckets written with compare-and-set, and the event log is a stream with
+// message-id deduplication and direct batch gets. It also declares the
 // streams and buckets orderflow needs, with replicas from config.
 package durable
 
@@ -27,8 +27,9 @@ const (
 type Config struct {
 	// Replicas of every stream and bucket: 1 on a laptop, 3 on a cluster.
 	Replicas int
-	// DuplicateWindow is how long the event stream remembers message ids. It
-	// must outlast the longest retry horizon, or a late retry publishes twice.
+	// DuplicateWindow is how long the event and dead-letter streams remember
+	// message ids. It must outlast the longest retry horizon, or a late retry
+	// publishes twice.
 	DuplicateWindow time.Duration
 	// Tracing gives publishes a producer span and puts its context in the
 	// message headers (default: no tracing).
@@ -77,10 +78,7 @@ func OpenLog(ctx context.Context, js jetstream.JetStream, c Config) (*Log, error
 	return &Log{js: js, stream: EventStream, tracer: c.tracer()}, nil
 }
 
-// OpenBucket creates or updates the KV bucket name and enables atomic batch
-// publish on its stream, which multi-key commits need. (They are correct
-// but slow on an R1 file stream, about 2 ms a batch: the stock ledger uses
-// single-key writes instead.)
+// OpenBucket creates or updates the KV bucket name.
 func OpenBucket(ctx context.Context, js jetstream.JetStream, name string, c Config) (*Bucket, error) {
 	c = c.withDefaults()
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
@@ -92,19 +90,11 @@ func OpenBucket(ctx context.Context, js jetstream.JetStream, name string, c Conf
 	if err != nil {
 		return nil, fmt.Errorf("bucket %s: %w", name, err)
 	}
-	stream := "KV_" + name
-	s, err := js.Stream(ctx, stream)
-	if err != nil {
-		return nil, fmt.Errorf("bucket %s: %w", name, err)
-	}
-	if cfg := s.CachedInfo().Config; !cfg.AllowAtomicPublish {
-		cfg.AllowAtomicPublish = true
-		if _, err := js.UpdateStream(ctx, cfg); err != nil {
-			return nil, fmt.Errorf("bucket %s: enable atomic publish: %w", name, err)
-		}
-	}
-	return &Bucket{js: js, kv: kv, name: name}, nil
+	return &Bucket{kv: kv, name: name}, nil
 }
+
+// BucketStream is the name of the stream behind KV bucket name.
+func BucketStream(name string) string { return "KV_" + name }
 
 // Check reports whether the named streams exist, for readiness probes.
 func Check(ctx context.Context, js jetstream.JetStream, streams ...string) error {

@@ -38,68 +38,35 @@ func TestBucketCompareAndSet(t *testing.T) {
 	if _, _, err := state.Get[ordersv1.StockLevel](ctx, b, "a"); !errors.Is(err, state.ErrNotFound) {
 		t.Fatalf("Get of a missing key = %v, want ErrNotFound", err)
 	}
-	if err := state.Put(ctx, b, "a", level("a", 1), 0); err != nil {
+	if err := b.Put(ctx, "a", level("a", 1), 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := state.Put(ctx, b, "a", level("a", 2), 0); !errors.Is(err, state.ErrConflict) {
+	if err := b.Put(ctx, "a", level("a", 2), 0); !errors.Is(err, state.ErrConflict) {
 		t.Errorf("second create = %v, want ErrConflict", err)
 	}
 	got, rev, err := state.Get[ordersv1.StockLevel](ctx, b, "a")
 	if err != nil || got.GetAvailable() != 1 {
 		t.Fatalf("Get = %v, %v", got, err)
 	}
-	if err := state.Put(ctx, b, "a", level("a", 3), rev); err != nil {
+	if err := b.Put(ctx, "a", level("a", 3), rev); err != nil {
 		t.Fatalf("update at the current revision: %v", err)
 	}
-	if err := state.Put(ctx, b, "a", level("a", 4), rev); !errors.Is(err, state.ErrConflict) {
+	if err := b.Put(ctx, "a", level("a", 4), rev); !errors.Is(err, state.ErrConflict) {
 		t.Errorf("update at a stale revision = %v, want ErrConflict", err)
 	}
-}
 
-func TestBucketCommitIsAtomic(t *testing.T) {
-	ctx := context.Background()
-	b := openBucket(t)
-	if err := b.Commit(ctx,
-		state.Write{Key: "sku.a", Value: level("a", 5)},
-		state.Write{Key: "sku.b", Value: level("b", 5)},
-	); err != nil {
-		t.Fatalf("commit two new keys: %v", err)
-	}
-	_, revA, _ := state.Get[ordersv1.StockLevel](ctx, b, "sku.a")
-	_, revB, _ := state.Get[ordersv1.StockLevel](ctx, b, "sku.b")
-
-	// One stale revision fails the whole batch: "a" must not change either.
-	err := b.Commit(ctx,
-		state.Write{Key: "sku.a", Value: level("a", 4), Revision: revA},
-		state.Write{Key: "sku.b", Value: level("b", 4), Revision: revB - 1},
-	)
-	if !errors.Is(err, state.ErrConflict) {
-		t.Fatalf("commit with a stale revision = %v, want ErrConflict", err)
-	}
-	// So must a create of a key that exists.
-	err = b.Commit(ctx,
-		state.Write{Key: "sku.a", Value: level("a", 4), Revision: revA},
-		state.Write{Key: "sku.b", Value: level("b", 4)},
-	)
-	if !errors.Is(err, state.ErrConflict) {
-		t.Fatalf("commit creating an existing key = %v, want ErrConflict", err)
-	}
-	for _, k := range []string{"sku.a", "sku.b"} {
-		if got, _, _ := state.Get[ordersv1.StockLevel](ctx, b, k); got.GetAvailable() != 5 {
-			t.Errorf("%s = %d after failed commits, want 5", k, got.GetAvailable())
+	// A Modify that decides on no change returns the record and writes
+	// nothing.
+	_, before, _ := state.Get[ordersv1.StockLevel](ctx, b, "a")
+	got, err = state.Modify(ctx, b, "a", func(l *ordersv1.StockLevel, exists bool) error {
+		if !exists {
+			t.Error("Modify says an existing key does not exist")
 		}
-	}
-
-	if err := b.Commit(ctx,
-		state.Write{Key: "sku.a", Value: level("a", 4), Revision: revA},
-		state.Write{Key: "sku.b", Value: level("b", 6), Revision: revB},
-	); err != nil {
-		t.Fatalf("commit at current revisions: %v", err)
-	}
-	a, _, _ := state.Get[ordersv1.StockLevel](ctx, b, "sku.a")
-	bb, _, _ := state.Get[ordersv1.StockLevel](ctx, b, "sku.b")
-	if a.GetAvailable() != 4 || bb.GetAvailable() != 6 {
-		t.Errorf("after commit a=%d b=%d, want 4 and 6", a.GetAvailable(), bb.GetAvailable())
+		return state.ErrNoChange
+	})
+	_, after, _ := state.Get[ordersv1.StockLevel](ctx, b, "a")
+	if err != nil || got.GetAvailable() != 3 || after != before {
+		t.Errorf("no-change Modify = %v, %v; revision %d -> %d", got, err, before, after)
 	}
 }
 
@@ -111,7 +78,7 @@ func TestModifyRetriesOnConflict(t *testing.T) {
 	for range writers {
 		go func() {
 			for range each {
-				if _, err := state.Modify(ctx, b, "n", func(l *ordersv1.StockLevel) error { l.Available++; return nil }); err != nil {
+				if _, err := state.Modify(ctx, b, "n", func(l *ordersv1.StockLevel, _ bool) error { l.Available++; return nil }); err != nil {
 					errs <- err
 					return
 				}

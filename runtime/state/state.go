@@ -1,7 +1,7 @@
 // Package state is the transport-free view of durable state that functions
 // are written against: key-value buckets of protobuf records with optimistic
-// concurrency and atomic multi-key commits, and an append-only event log. The
-// runtime's durable package implements it on JetStream.
+// concurrency, and an append-only event log. The runtime's durable package
+// implements it on JetStream.
 package state
 
 import (
@@ -21,6 +21,8 @@ var (
 	// ErrConflict: a record changed since it was read (revision mismatch),
 	// or a create found the key taken.
 	ErrConflict = errors.New("record changed concurrently")
+	// ErrNoChange, returned by a Modify function, ends it without a write.
+	ErrNoChange = errors.New("no change")
 )
 
 // Store is a bucket of protobuf records. Every write names the revision it
@@ -28,21 +30,9 @@ var (
 type Store interface {
 	// Get decodes the record under key into into and returns its revision.
 	Get(ctx context.Context, key string, into proto.Message) (rev uint64, err error)
-	// Commit applies all writes or none. Each write holds only if the key is
-	// still at its Revision (0: the key must not exist).
-	Commit(ctx context.Context, writes ...Write) error
-}
-
-// Write is one record in a Commit.
-type Write struct {
-	Key      string
-	Value    proto.Message
-	Revision uint64
-}
-
-// Put writes value under key if the key is still at rev (0: create).
-func Put(ctx context.Context, s Store, key string, value proto.Message, rev uint64) error {
-	return s.Commit(ctx, Write{Key: key, Value: value, Revision: rev})
+	// Put writes value under key only if the key is still at rev (0: the key
+	// must not exist); otherwise it returns ErrConflict.
+	Put(ctx context.Context, key string, value proto.Message, rev uint64) error
 }
 
 // Message is satisfied by *T when T is a generated protobuf message.
@@ -80,32 +70,47 @@ func Backoff(ctx context.Context, attempt int) error {
 	}
 }
 
-// Modify reads the record under key (a new P if there is none), lets fn
-// change it and writes it back with compare-and-set, retrying when another
-// writer got there first. An error from fn aborts without writing.
-func Modify[T any, P Message[T]](ctx context.Context, s Store, key string, fn func(v P) error) (P, error) {
-	for attempt := 0; ; attempt++ {
+// Modify reads the record under key (a new P if there is none, exists
+// false), lets fn change it and writes it back with compare-and-set, trying
+// again when another writer got there first. fn returning ErrNoChange ends
+// it without a write and Modify returns the record as read; any other error
+// from fn aborts without writing.
+func Modify[T any, P Message[T]](ctx context.Context, s Store, key string, fn func(v P, exists bool) error) (P, error) {
+	for attempt := 1; ; attempt++ {
 		v, rev, err := Get[T, P](ctx, s, key)
+		exists := err == nil
 		if errors.Is(err, ErrNotFound) {
 			v, rev, err = new(T), 0, nil
 		}
 		if err != nil {
 			return nil, err
 		}
-		if err := fn(v); err != nil {
+		if err := fn(v, exists); errors.Is(err, ErrNoChange) {
+			return v, nil
+		} else if err != nil {
 			return nil, err
 		}
-		err = Put(ctx, s, key, v, rev)
-		if err == nil {
-			return v, nil
-		}
-		if !errors.Is(err, ErrConflict) || attempt+1 >= MaxAttempts {
+		err = s.Put(ctx, key, v, rev)
+		if again, err := Again(ctx, attempt, err); again {
+			continue
+		} else if err != nil {
 			return nil, fmt.Errorf("modify %s: %w", key, err)
 		}
-		if err := Backoff(ctx, attempt+1); err != nil {
-			return nil, err
-		}
+		return v, nil
 	}
+}
+
+// Again reports whether a compare-and-set that failed with err should be
+// tried again: a conflict while attempts are left, after a short wait. It
+// returns err when not (nil for a write that succeeded).
+func Again(ctx context.Context, attempt int, err error) (bool, error) {
+	if !errors.Is(err, ErrConflict) || attempt >= MaxAttempts {
+		return false, err
+	}
+	if werr := Backoff(ctx, attempt); werr != nil {
+		return false, werr
+	}
+	return true, nil
 }
 
 // Event is a message for the event log.

@@ -77,36 +77,25 @@ func (g *Gateway) Capture(ctx context.Context, key string, amount *ordersv1.Mone
 	if failBefore {
 		return Result{}, fmt.Errorf("capture %s: %w", key, ErrUnavailable)
 	}
-	var e *ordersv1.GatewayEntry
-	for {
-		cur, rev, err := state.Get[ordersv1.GatewayEntry](ctx, g.ledger, key)
-		if err == nil && cur.GetVoided() && cur.GetCaptures() == 0 {
-			e = cur
-			break
+	e, err := state.Modify(ctx, g.ledger, key, func(e *ordersv1.GatewayEntry, exists bool) error {
+		switch {
+		case exists && e.GetVoided() && e.GetCaptures() == 0:
+			return state.ErrNoChange
+		case exists && !proto.Equal(e.GetAmount(), amount):
+			return fmt.Errorf("%w: idempotency key %s was used for %v, now %v", function.ErrConflict, key, e.GetAmount(), amount)
+		case exists:
+			return state.ErrNoChange // a repeat: the first outcome stands
 		}
-		if err == nil {
-			if !proto.Equal(cur.GetAmount(), amount) {
-				return Result{}, fmt.Errorf("%w: idempotency key %s was used for %v, now %v", function.ErrConflict, key, cur.GetAmount(), amount)
-			}
-			e = cur
-			break
-		}
-		if !errors.Is(err, state.ErrNotFound) {
-			return Result{}, err
-		}
-		e = &ordersv1.GatewayEntry{IdempotencyKey: key, Amount: amount}
+		e.IdempotencyKey, e.Amount = key, amount
 		if amount.GetAmountMinor() > g.cfg.MaxOrderMinor {
 			e.Declined, e.DeclineReason = true, fmt.Sprintf("amount %d exceeds the per-order limit %d", amount.GetAmountMinor(), g.cfg.MaxOrderMinor)
 		} else {
 			e.Captures = 1
 		}
-		err = state.Put(ctx, g.ledger, key, e, rev)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, state.ErrConflict) {
-			return Result{}, err
-		}
+		return nil
+	})
+	if err != nil {
+		return Result{}, err
 	}
 	if failAfter {
 		return Result{}, fmt.Errorf("capture %s: reply lost: %w", key, ErrUnavailable)
@@ -129,7 +118,7 @@ func (g *Gateway) Refund(ctx context.Context, key string) (*ordersv1.GatewayEntr
 	if failBefore {
 		return nil, fmt.Errorf("refund %s: %w", key, ErrUnavailable)
 	}
-	e, err := state.Modify(ctx, g.ledger, key, func(e *ordersv1.GatewayEntry) error {
+	e, err := state.Modify(ctx, g.ledger, key, func(e *ordersv1.GatewayEntry, _ bool) error {
 		e.IdempotencyKey = key
 		switch {
 		case e.Captures > 0 && e.Refunds == 0:

@@ -81,6 +81,7 @@ const (
 func (st *Stock) Restock(ctx context.Context, sku string, quantity int32) (*ordersv1.StockLevel, error) {
 	var out *ordersv1.StockLevel
 	err := st.level(ctx, sku, func(l *ordersv1.StockLevel, _ bool) error {
+		l.Sku = sku
 		if int64(l.Available)+int64(l.Reserved)+int64(l.Sold)+int64(quantity) > math.MaxInt32 {
 			return function.Invalid("quantity", "stock of %s would exceed %d units", sku, math.MaxInt32)
 		}
@@ -124,23 +125,11 @@ func (e errShort) Error() string { return e.reason }
 // errReleasing stops a hold or a sale: a release of the order is underway.
 var errReleasing = errors.New("release underway")
 
-// errNoChange ends a level update without a write.
-var errNoChange = errors.New("no change")
-
 // level applies fn to sku's level with compare-and-set; fn returns
-// errNoChange to skip the write.
+// state.ErrNoChange to skip the write. Tombstones past their time are
+// dropped on the way, with a write that happens anyway.
 func (st *Stock) level(ctx context.Context, sku string, fn func(l *ordersv1.StockLevel, exists bool) error) error {
-	for attempt := 1; ; attempt++ {
-		l, rev, err := state.Get[ordersv1.StockLevel](ctx, st.s, levelKey(sku))
-		exists := err == nil
-		if errors.Is(err, state.ErrNotFound) {
-			l, err = &ordersv1.StockLevel{Sku: sku}, nil
-		}
-		if err != nil {
-			return err
-		}
-		// Drop old tombstones on the way; they go with a write that happens
-		// anyway.
+	_, err := state.Modify(ctx, st.s, levelKey(sku), func(l *ordersv1.StockLevel, exists bool) error {
 		pruned := false
 		for id, h := range l.Holds {
 			if h.State == releasedOne && st.now().Sub(time.Unix(h.ReleasedUnix, 0)) > TombstoneTTL {
@@ -148,20 +137,13 @@ func (st *Stock) level(ctx context.Context, sku string, fn func(l *ordersv1.Stoc
 				pruned = true
 			}
 		}
-		if err := fn(l, exists); err != nil && !(errors.Is(err, errNoChange) && pruned) {
-			if errors.Is(err, errNoChange) {
-				return nil
-			}
-			return err
+		err := fn(l, exists)
+		if pruned && errors.Is(err, state.ErrNoChange) {
+			return nil
 		}
-		err = state.Put(ctx, st.s, levelKey(sku), l, rev)
-		if !errors.Is(err, state.ErrConflict) || attempt >= state.MaxAttempts {
-			return err
-		}
-		if err := state.Backoff(ctx, attempt); err != nil {
-			return err
-		}
-	}
+		return err
+	})
+	return err
 }
 
 // Reserve holds every item for the order, or none when one is short. The
@@ -209,11 +191,10 @@ func (st *Stock) Reserve(ctx context.Context, orderID string, items []*ordersv1.
 		// The record decides: RESERVED only if all items are held, and a
 		// REJECTED record is written before the holds go back, so a
 		// duplicate reserve can never record RESERVED over a hold given back.
-		err = state.Put(ctx, st.s, reservationKey(orderID), r, 0)
-		if errors.Is(err, state.ErrConflict) && try < state.MaxAttempts {
+		err = st.s.Put(ctx, reservationKey(orderID), r, 0)
+		if again, err := state.Again(ctx, try, err); again {
 			continue // another writer recorded first: act on its record
-		}
-		if err != nil {
+		} else if err != nil {
 			return nil, err
 		}
 		if r.Status == rejected {
@@ -240,7 +221,7 @@ func (st *Stock) hold(ctx context.Context, orderID string, it *ordersv1.OrderIte
 		// A SKU that reads as missing right after a server restart may not
 		// be missing: read once more before rejecting an order for it.
 		if try == 1 && errors.As(err, &short) && short.unknown {
-			if err := state.Backoff(ctx, 20); err != nil {
+			if err := sleep(ctx, 20*time.Millisecond); err != nil {
 				return "", err
 			}
 			continue
@@ -257,7 +238,7 @@ func (st *Stock) holdOnce(ctx context.Context, orderID string, it *ordersv1.Orde
 				return errReleasing
 			}
 			owner = h.Attempt
-			return errNoChange
+			return state.ErrNoChange
 		}
 		if !exists {
 			return errShort{reason: fmt.Sprintf("unknown SKU %s", it.GetSku()), unknown: true}
@@ -290,7 +271,7 @@ func (st *Stock) dropStrays(ctx context.Context, orderID string, r *ordersv1.Res
 		err := st.level(ctx, it.GetSku(), func(l *ordersv1.StockLevel, _ bool) error {
 			h, ok := l.Holds[orderID]
 			if !ok || !stray(h, r, it.GetSku()) {
-				return errNoChange
+				return state.ErrNoChange
 			}
 			l.Reserved -= h.Quantity
 			l.Available += h.Quantity
@@ -311,7 +292,7 @@ func (st *Stock) cleanup(ctx context.Context, orderID string, items []*ordersv1.
 		err := st.level(ctx, it.GetSku(), func(l *ordersv1.StockLevel, _ bool) error {
 			h, ok := l.Holds[orderID]
 			if !ok || h.State != held {
-				return errNoChange
+				return state.ErrNoChange
 			}
 			l.Reserved -= h.Quantity
 			l.Available += h.Quantity
@@ -347,7 +328,7 @@ func (st *Stock) Sell(ctx context.Context, orderID string) (*ordersv1.Reservatio
 				h, ok := l.Holds[orderID]
 				switch {
 				case !ok:
-					return errNoChange // sold already
+					return state.ErrNoChange // sold already
 				case h.State == releasedOne:
 					return errReleasing
 				case stray(h, r, it.GetSku()):
@@ -369,11 +350,10 @@ func (st *Stock) Sell(ctx context.Context, orderID string) (*ordersv1.Reservatio
 			}
 		}
 		r.Status = sold
-		err = state.Put(ctx, st.s, reservationKey(orderID), r, rev)
-		if errors.Is(err, state.ErrConflict) && attempt < state.MaxAttempts {
+		err = st.s.Put(ctx, reservationKey(orderID), r, rev)
+		if again, err := state.Again(ctx, attempt, err); again {
 			continue // released meanwhile: the next read says so
-		}
-		if err != nil {
+		} else if err != nil {
 			return nil, err
 		}
 		return r, nil
@@ -389,11 +369,13 @@ func (st *Stock) Release(ctx context.Context, orderID, reason string) (*ordersv1
 		r, rev, err := st.record(ctx, orderID)
 		if errors.Is(err, state.ErrNotFound) {
 			r = &ordersv1.Reservation{OrderId: orderID, Status: released, Reason: reason}
-			err = state.Put(ctx, st.s, reservationKey(orderID), r, 0)
-			if errors.Is(err, state.ErrConflict) && attempt < state.MaxAttempts {
+			err = st.s.Put(ctx, reservationKey(orderID), r, 0)
+			if again, err := state.Again(ctx, attempt, err); again {
 				continue
+			} else if err != nil {
+				return nil, err
 			}
-			return r, err
+			return r, nil
 		}
 		if err != nil {
 			return nil, err
@@ -409,7 +391,7 @@ func (st *Stock) Release(ctx context.Context, orderID, reason string) (*ordersv1
 				q := it.GetQuantity()
 				switch {
 				case ok && h.State == releasedOne:
-					return errNoChange
+					return state.ErrNoChange
 				case ok && !stray(h, r, it.GetSku()):
 					l.Reserved -= h.Quantity
 				default:
@@ -435,11 +417,10 @@ func (st *Stock) Release(ctx context.Context, orderID, reason string) (*ordersv1
 			}
 		}
 		r.Status, r.Reason = released, reason
-		err = state.Put(ctx, st.s, reservationKey(orderID), r, rev)
-		if errors.Is(err, state.ErrConflict) && attempt < state.MaxAttempts {
+		err = st.s.Put(ctx, reservationKey(orderID), r, rev)
+		if again, err := state.Again(ctx, attempt, err); again {
 			continue // sold meanwhile: do it again from the new record
-		}
-		if err != nil {
+		} else if err != nil {
 			return nil, err
 		}
 		return r, nil
@@ -448,6 +429,17 @@ func (st *Stock) Release(ctx context.Context, orderID, reason string) (*ordersv1
 
 func (st *Stock) tombstone(q int32) *ordersv1.Hold {
 	return &ordersv1.Hold{Quantity: q, State: releasedOne, ReleasedUnix: st.now().Unix()}
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 func sortedItems(items []*ordersv1.OrderItem) []*ordersv1.OrderItem {

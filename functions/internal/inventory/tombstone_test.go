@@ -8,7 +8,6 @@ import (
 	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
 	"github.com/orderflow/orderflow/runtime/durable"
 	"github.com/orderflow/orderflow/runtime/runtimetest"
-	"github.com/orderflow/orderflow/runtime/state"
 )
 
 // Released entries are dropped with the first write to their level after
@@ -116,7 +115,7 @@ func TestStrayHoldsAreGivenBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Commit(ctx, state.Write{Key: "sku.A", Value: l, Revision: rev}); err != nil {
+	if err := b.Put(ctx, "sku.A", l, rev); err != nil {
 		t.Fatal(err)
 	}
 	stray("o-2")

@@ -67,7 +67,7 @@ func (p *Payments) Charge(ctx context.Context, orderID, customerID string, amoun
 	if gerr == nil && prior == nil {
 		return outcome(&ordersv1.Payment{OrderId: orderID, CustomerId: customerID, Amount: amount, Attempts: 1}, res), nil
 	}
-	rec, err := state.Modify(ctx, p.s, orderID, func(r *ordersv1.Payment) error {
+	rec, err := state.Modify(ctx, p.s, orderID, func(r *ordersv1.Payment, _ bool) error {
 		if err := check(r); err != nil {
 			return err
 		}
@@ -108,7 +108,7 @@ func (p *Payments) Refund(ctx context.Context, orderID, reason string) (*ordersv
 		return nil, false, err
 	}
 	refunded := e.GetRefunds() > 0
-	rec, err := state.Modify(ctx, p.s, orderID, func(r *ordersv1.Payment) error {
+	rec, err := state.Modify(ctx, p.s, orderID, func(r *ordersv1.Payment, _ bool) error {
 		if r.GetOrderId() == "" {
 			r.OrderId, r.Amount, r.Attempts = orderID, e.GetAmount(), gatewayAttempts(e)
 		}
