@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/orderflow/orderflow/functions/internal/orderlog"
 	"github.com/orderflow/orderflow/functions/internal/validate"
 	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
@@ -71,45 +73,23 @@ func (f *canceller) onDeadLetter(ctx context.Context, dl *runtimev1.DeadLetter) 
 		reason = reason[:MaxReason]
 	}
 	_, err := f.cancel(ctx, id, reason)
-	switch {
-	case errors.Is(err, function.ErrConflict):
+	if errors.Is(err, function.ErrConflict) {
 		return nil // ended already: nothing to compensate
-	case errors.Is(err, function.ErrNotFound) && function.CallFrom(ctx).Attempt < notFoundAttempts:
-		// The dead letter names an order, so it exists; a server that has
-		// just restarted can still answer "not found". Try again.
-		return fmt.Errorf("order %s: %w", id, orderlog.ErrNotReadable)
-	case errors.Is(err, function.ErrNotFound):
-		return nil // a message for an order that never was: nothing to do
 	}
-	return err
+	return err // not found is retried a few times by the runtime
 }
 
-// notFoundAttempts bounds how long a dead letter of an order that cannot be
-// read is retried before it is taken for an order that never existed.
-const notFoundAttempts = 10
-
 // cancel appends CancelRequested unless the order ended or is already being
-// cancelled. The append expects the order's log unchanged since it was read,
-// so it never crosses a confirmation.
+// cancelled; the append never crosses a confirmation (orderlog.AppendWhen).
 func (f *canceller) cancel(ctx context.Context, id, reason string) (*orderlog.State, error) {
-	for attempt := 1; ; attempt++ {
-		st, err := orderlog.Read(ctx, f.log, id)
-		if err != nil {
-			return nil, err
+	st, _, err := orderlog.AppendWhen(ctx, f.log, id, func(st *orderlog.State) (string, proto.Message, error) {
+		switch {
+		case orderlog.IsTerminal(st.Order.GetStatus()):
+			return "", nil, fmt.Errorf("order %s is %s: %w", id, st.Order.GetStatus(), ErrTerminal)
+		case st.CancelRequested:
+			return "", nil, nil
 		}
-		if orderlog.IsTerminal(st.Order.GetStatus()) {
-			return nil, fmt.Errorf("order %s is %s: %w", id, st.Order.GetStatus(), ErrTerminal)
-		}
-		if st.CancelRequested {
-			return st, nil
-		}
-		_, err = orderlog.Append(ctx, f.log, st, orderlog.CancelRequested, &ordersv1.CancelRequested{OrderId: id, Reason: reason})
-		if errors.Is(err, state.ErrConflict) && attempt < state.MaxAttempts {
-			if err := state.Backoff(ctx, attempt); err != nil {
-				return nil, err
-			}
-			continue
-		}
-		return st, err
-	}
+		return orderlog.CancelRequested, &ordersv1.CancelRequested{OrderId: id, Reason: reason}, nil
+	})
+	return st, err
 }

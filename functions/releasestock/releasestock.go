@@ -77,7 +77,7 @@ func (f *releaser) release(ctx context.Context, id, reason string) error {
 	}
 	_, dup, err := f.log.Append(ctx, orderlog.Event(id, orderlog.StockReleased, &ordersv1.StockReleased{OrderId: id, Reason: r.GetReason()}))
 	if err == nil && !dup {
-		if st, rerr := orderlog.ReadExisting(ctx, f.log, id); rerr == nil {
+		if st, rerr := orderlog.Read(ctx, f.log, id); rerr == nil {
 			f.obs.Observe(ordersv1.OrderStatus_ORDER_STATUS_CANCELLED, st.Order.GetCreatedAt().AsTime(), f.now())
 		}
 	}

@@ -5,8 +5,9 @@ package sellstock
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/orderflow/orderflow/functions/internal/inventory"
 	"github.com/orderflow/orderflow/functions/internal/orderlog"
@@ -58,35 +59,20 @@ func (f *seller) onCharged(ctx context.Context, ev *ordersv1.PaymentCharged) err
 		return err
 	}
 	_, err := f.stock.Sell(ctx, id)
-	switch {
-	case errors.Is(err, inventory.ErrWrongState):
+	if errors.Is(err, inventory.ErrWrongState) {
 		return nil // released: a cancellation got here first and refunds
-	case errors.Is(err, function.ErrNotFound):
-		// A captured payment follows a reservation, so it exists; a server
-		// that has just restarted can still answer "not found".
-		return fmt.Errorf("order %s: %w", id, orderlog.ErrNotReadable)
 	}
 	if err != nil {
 		return err
 	}
-	for attempt := 1; ; attempt++ {
-		st, err := orderlog.ReadExisting(ctx, f.log, id)
-		if err != nil {
-			return err
-		}
+	st, stored, err := orderlog.AppendWhen(ctx, f.log, id, func(st *orderlog.State) (string, proto.Message, error) {
 		if st.CancelRequested || orderlog.IsTerminal(st.Order.GetStatus()) {
-			return nil
+			return "", nil, nil
 		}
-		dup, err := orderlog.Append(ctx, f.log, st, orderlog.StockSold, &ordersv1.StockSold{OrderId: id})
-		if errors.Is(err, state.ErrConflict) && attempt < state.MaxAttempts {
-			if err := state.Backoff(ctx, attempt); err != nil {
-				return err
-			}
-			continue // another event of the order came first: decide again
-		}
-		if err == nil && !dup {
-			f.obs.Observe(ordersv1.OrderStatus_ORDER_STATUS_CONFIRMED, st.Order.GetCreatedAt().AsTime(), f.now())
-		}
-		return err
+		return orderlog.StockSold, &ordersv1.StockSold{OrderId: id}, nil
+	})
+	if stored {
+		f.obs.Observe(ordersv1.OrderStatus_ORDER_STATUS_CONFIRMED, st.Order.GetCreatedAt().AsTime(), f.now())
 	}
+	return err
 }

@@ -202,7 +202,7 @@ func (tr *trigger) handle(msg jetstream.Msg) {
 		if aerr := msg.Ack(); aerr != nil {
 			tr.log.WarnContext(ctx, "ack failed; the message will be redelivered", "error", aerr)
 		}
-	case !function.IsPermanent(err) && !tr.policy.Exhausted(attempt):
+	case (!function.IsPermanent(err) || notYetFound(err, attempt)) && !tr.policy.Exhausted(attempt):
 		outcome = "retry"
 		if nerr := msg.NakWithDelay(tr.policy.Backoff(attempt)); nerr != nil {
 			tr.log.WarnContext(ctx, "nak failed; the message will be redelivered after the ack wait", "error", nerr)
@@ -273,6 +273,17 @@ func (tr *trigger) deadLetter(ctx context.Context, msg jetstream.Msg, streamSeq 
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	return tr.dead.Put(ctx, dl)
+}
+
+// notFoundDeliveries is how many deliveries a triggered message whose
+// handler says "not found" gets before that is taken as final. A message is
+// about something that exists (its event was published after it), and right
+// after a server restart a read can still answer "not found"; retrying it a
+// few times with backoff costs little, while a dead letter costs an order.
+const notFoundDeliveries = 5
+
+func notYetFound(err error, attempt int) bool {
+	return function.Code(err) == 404 && attempt < notFoundDeliveries
 }
 
 func truncate(s string, n int) string {

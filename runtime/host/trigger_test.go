@@ -146,6 +146,9 @@ func TestTriggerDeadLetters(t *testing.T) {
 	}{
 		{"exhausted", errors.New("always down"), nil, 3, 500},
 		{"permanent", function.Invalid("order_id", "bad"), nil, 1, 400},
+		// "Not found" is retried a few deliveries (here until the policy's
+		// three attempts are spent) before it is taken as final.
+		{"not found", fmt.Errorf("order o-1: %w", function.ErrNotFound), nil, 3, 404},
 		{"undecodable", nil, []byte("\xff\xff"), 1, 400},
 	}
 	for _, tt := range tests {

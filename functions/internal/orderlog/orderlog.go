@@ -120,16 +120,36 @@ func ReadExisting(ctx context.Context, log state.Log, orderID string) (*State, e
 	return st, err
 }
 
-// Append stores an event of the order only if no other event of the order
-// was stored since st was read, so decisions taken on st (StockSold, which
-// confirms, and CancelRequested) cannot cross. A conflict is
-// state.ErrConflict: read again and decide again.
-func Append(ctx context.Context, log state.Log, st *State, event string, payload proto.Message) (duplicate bool, err error) {
-	id := st.Order.GetOrderId()
-	e := Event(id, event, payload)
-	e.IfLast = &state.Last{Filter: Filter(id), Sequence: st.LastSequence}
-	_, dup, err := log.Append(ctx, e)
-	return dup, err
+// Decide is the rule of a decision taken on an order's log: the event to
+// append given the order's state, or "" for none.
+type Decide func(st *State) (event string, payload proto.Message, err error)
+
+// AppendWhen reads the order's log, lets decide choose an event and appends
+// it only if no other event of the order was stored since the read, so two
+// decisions taken on the log (StockSold, which confirms, and
+// CancelRequested) cannot cross. When another event came first it reads and
+// decides again. It returns the state decided on, and whether the event was
+// stored now (not by an earlier attempt).
+func AppendWhen(ctx context.Context, log state.Log, orderID string, decide Decide) (*State, bool, error) {
+	for attempt := 1; ; attempt++ {
+		st, err := Read(ctx, log, orderID)
+		if err != nil {
+			return nil, false, err
+		}
+		event, payload, err := decide(st)
+		if err != nil || event == "" {
+			return st, false, err
+		}
+		e := Event(orderID, event, payload)
+		e.IfLast = &state.Last{Filter: Filter(orderID), Sequence: st.LastSequence}
+		_, dup, err := log.Append(ctx, e)
+		if again, err := state.Again(ctx, attempt, err); again {
+			continue
+		} else if err != nil {
+			return nil, false, err
+		}
+		return st, !dup, nil
+	}
 }
 
 // Fold applies events oldest first. Status only moves forward along the saga
