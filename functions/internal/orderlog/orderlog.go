@@ -216,7 +216,9 @@ func (st *State) apply(msg proto.Message, ev *ordersv1.OrderEvent) {
 		}
 	case *ordersv1.StockReleased:
 		ev.Reason, to = m.GetReason(), ordersv1.OrderStatus_ORDER_STATUS_CANCELLED
-		if ev.Reason == "" {
+		// A requested cancellation is the cause, whichever release came
+		// first (a charge the refund voided is declined and releases too).
+		if st.CancelRequested || ev.Reason == "" {
 			ev.Reason = st.CancelReason
 		}
 	}

@@ -52,6 +52,7 @@ func TestFold(t *testing.T) {
 		{"rejected stock rejects", []state.Record{created, rejected}, ordersv1.OrderStatus_ORDER_STATUS_REJECTED, "no stock", 2},
 		{"released stock cancels", []state.Record{created, reserved, declined, released}, ordersv1.OrderStatus_ORDER_STATUS_CANCELLED, "payment declined", 4},
 		{"a release without reason takes the cancel's", []state.Record{created, reserved, cancelReq, bareRelease}, ordersv1.OrderStatus_ORDER_STATUS_CANCELLED, "customer", 4},
+		{"a requested cancellation is the reason, whatever released", []state.Record{created, reserved, cancelReq, declined, released}, ordersv1.OrderStatus_ORDER_STATUS_CANCELLED, "customer", 5},
 		{"cancel requested, not released yet", []state.Record{created, reserved, cancelReq}, ordersv1.OrderStatus_ORDER_STATUS_RESERVED, "", 3},
 		{"a sale after a cancel request does not confirm", []state.Record{created, reserved, charged, cancelReq, sold}, ordersv1.OrderStatus_ORDER_STATUS_PAID, "", 5},
 		{"terminal never changes", []state.Record{created, rejected, reserved, charged, sold, released}, ordersv1.OrderStatus_ORDER_STATUS_REJECTED, "no stock", 6},
