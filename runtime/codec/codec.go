@@ -56,7 +56,7 @@ var (
 	jsonIn  = protojson.UnmarshalOptions{}
 	jsonOut = protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}
 	binIn   = proto.UnmarshalOptions{}
-	binOut  = proto.MarshalOptions{Deterministic: true}
+	binOut  = proto.MarshalOptions{}
 )
 
 // Decode fills msg from body. Unknown JSON fields and malformed bodies are

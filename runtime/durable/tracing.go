@@ -17,37 +17,45 @@ import (
 // template names a subject without its high-cardinality key, for span names:
 // ORDER.<id>.created is ORDER.*.created.
 func template(subject string) string {
-	parts := strings.Split(subject, ".")
-	if len(parts) == 3 {
-		parts[1] = "*"
+	first, last := strings.IndexByte(subject, '.'), strings.LastIndexByte(subject, '.')
+	if first < 0 || first == last || strings.Contains(subject[first+1:last], ".") {
+		return subject
 	}
-	return strings.Join(parts, ".")
+	return subject[:first] + ".*" + subject[last:]
 }
 
 // startPublish opens a producer span for m and writes its context into m's
 // headers, so the consumer's span continues the trace, even after the
-// message has waited in the stream or been redelivered.
+// message has waited in the stream or been redelivered. Attributes are set
+// only when the span records: with tracing off this is the propagation
+// alone.
 func startPublish(ctx context.Context, tracer trace.Tracer, m *nats.Msg, msgID string) (context.Context, trace.Span) {
-	ctx, span := tracer.Start(ctx, template(m.Subject)+" publish", trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(
-		semconv.MessagingSystemKey.String("nats"),
-		semconv.MessagingOperationTypeSend,
-		semconv.MessagingOperationName("publish"),
-		semconv.MessagingDestinationName(m.Subject),
-		semconv.MessagingDestinationTemplate(template(m.Subject)),
-		semconv.MessagingMessageID(msgID),
-		semconv.MessagingMessageBodySize(len(m.Data)),
-	))
+	tmpl := template(m.Subject)
+	ctx, span := tracer.Start(ctx, tmpl+" publish", trace.WithSpanKind(trace.SpanKindProducer))
+	if span.IsRecording() {
+		span.SetAttributes(
+			semconv.MessagingSystemKey.String("nats"),
+			semconv.MessagingOperationTypeSend,
+			semconv.MessagingOperationName("publish"),
+			semconv.MessagingDestinationName(m.Subject),
+			semconv.MessagingDestinationTemplate(tmpl),
+			semconv.MessagingMessageID(msgID),
+			semconv.MessagingMessageBodySize(len(m.Data)),
+		)
+	}
 	telemetry.Inject(ctx, m.Header)
 	return ctx, span
 }
 
 func endPublish(span trace.Span, ack *jetstream.PubAck, err error) {
-	if ack != nil {
-		span.SetAttributes(attribute.Int64("messaging.nats.stream.sequence", int64(ack.Sequence)), attribute.Bool("messaging.nats.duplicate", ack.Duplicate))
-	}
-	if err != nil {
-		span.RecordError(err)
-		span.SetStatus(codes.Error, err.Error())
+	if span.IsRecording() {
+		if ack != nil {
+			span.SetAttributes(attribute.Int64("messaging.nats.stream.sequence", int64(ack.Sequence)), attribute.Bool("messaging.nats.duplicate", ack.Duplicate))
+		}
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
 	}
 	span.End()
 }

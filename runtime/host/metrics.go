@@ -51,37 +51,46 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
+// trigMetrics are one trigger's series, looked up once.
 type trigMetrics struct {
-	m            *Metrics
-	fn, consumer string
-	duration     prometheus.Observer
+	outcomes map[string]prometheus.Counter
+	duration prometheus.Observer
 }
 
 func (m *Metrics) forTrigger(fn, consumer string) trigMetrics {
-	return trigMetrics{m: m, fn: fn, consumer: consumer, duration: m.msgTime.WithLabelValues(fn, consumer)}
+	t := trigMetrics{outcomes: map[string]prometheus.Counter{}, duration: m.msgTime.WithLabelValues(fn, consumer)}
+	for _, o := range []string{"ack", "retry", "dead_letter"} {
+		t.outcomes[o] = m.messages.WithLabelValues(fn, consumer, o)
+	}
+	return t
 }
 
 func (t trigMetrics) observe(d time.Duration, outcome string) {
-	t.m.messages.WithLabelValues(t.fn, t.consumer, outcome).Inc()
+	t.outcomes[outcome].Inc()
 	t.duration.Observe(d.Seconds())
 }
 
+// fnMetrics are one function's series, looked up once; error codes, which
+// vary, are looked up when they happen.
 type fnMetrics struct {
 	m        *Metrics
 	fn       string
+	ok       prometheus.Counter
 	inFlight prometheus.Gauge
 	duration prometheus.Observer
 }
 
 func (m *Metrics) forFunction(fn string) fnMetrics {
-	return fnMetrics{m: m, fn: fn, inFlight: m.inFlight.WithLabelValues(fn), duration: m.duration.WithLabelValues(fn)}
+	return fnMetrics{m: m, fn: fn, ok: m.requests.WithLabelValues(fn, "200"),
+		inFlight: m.inFlight.WithLabelValues(fn), duration: m.duration.WithLabelValues(fn)}
 }
 
 func (f fnMetrics) observe(d time.Duration, code string) {
 	if code == "" {
-		code = "200"
+		f.ok.Inc()
+	} else {
+		f.m.requests.WithLabelValues(f.fn, code).Inc()
 	}
-	f.m.requests.WithLabelValues(f.fn, code).Inc()
 	f.duration.Observe(d.Seconds())
 }
 

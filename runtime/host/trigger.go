@@ -234,22 +234,35 @@ func (tr *trigger) call(ctx context.Context, msg jetstream.Msg) error {
 		return function.Invalid("body", "cannot decode %s: %v", tr.t.Event.FullName(), err)
 	}
 	annotateOrderID(ctx, ev)
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
-		t := time.NewTicker(tr.ackWait / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-				_ = msg.InProgress()
-			}
-		}
-	}()
+	defer tr.keepInProgress(msg)()
 	_, err := tr.handler(ctx, ev)
 	return err
+}
+
+// keepInProgress tells the server every AckWait/3 that msg is still being
+// handled, and returns the function that stops it. A timer that re-arms
+// itself: nothing runs for the common handler that finishes sooner.
+func (tr *trigger) keepInProgress(msg jetstream.Msg) (stop func()) {
+	var mu sync.Mutex
+	stopped := false
+	every := tr.ackWait / 3
+	var t *time.Timer
+	mu.Lock()
+	t = time.AfterFunc(every, func() {
+		_ = msg.InProgress()
+		mu.Lock()
+		defer mu.Unlock()
+		if !stopped {
+			t.Reset(every)
+		}
+	})
+	mu.Unlock()
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		stopped = true
+		t.Stop()
+	}
 }
 
 func (tr *trigger) deadLetter(ctx context.Context, msg jetstream.Msg, streamSeq uint64, attempt int, cause error) error {

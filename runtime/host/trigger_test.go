@@ -243,3 +243,21 @@ func TestTriggerDrainFinishesMessages(t *testing.T) {
 		t.Errorf("after drain: %+v, %v; want the message acked", info, err)
 	}
 }
+
+// A handler that runs longer than AckWait tells the server it is still at
+// work, so the message is not delivered again meanwhile.
+func TestTriggerSlowHandlerIsNotRedelivered(t *testing.T) {
+	env := newTriggerEnv(t)
+	var calls atomic.Int32
+	env.startTriggered(t, func(context.Context, *ordersv1.StockSold) error {
+		calls.Add(1)
+		time.Sleep(2500 * time.Millisecond) // AckWait is 1s here
+		return nil
+	})
+	env.publish(t, "EV.o-1", &ordersv1.StockSold{OrderId: "o-1"})
+	env.waitIdle(t)
+	waitFor(t, func() bool { return triggerStats(t, env.nc).Acked == 1 })
+	if n := calls.Load(); n != 1 {
+		t.Errorf("handler ran %d times, want once", n)
+	}
+}

@@ -1,0 +1,16 @@
+package durable
+
+import "testing"
+
+func TestTemplate(t *testing.T) {
+	for subject, want := range map[string]string{
+		"ORDER.o-1.created":  "ORDER.*.created",
+		"DEADLETTER.reserve": "DEADLETTER.reserve",
+		"a.b.c.d":            "a.b.c.d",
+		"plain":              "plain",
+	} {
+		if got := template(subject); got != want {
+			t.Errorf("template(%q) = %q, want %q", subject, got, want)
+		}
+	}
+}
