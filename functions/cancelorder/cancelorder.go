@@ -25,9 +25,6 @@ import (
 // Durable is the consumer of dead letters.
 const Durable = "orders-compensate"
 
-// MaxReason bounds a caller's reason.
-const MaxReason = 512
-
 // ErrTerminal is returned for an order that has already ended.
 var ErrTerminal = fmt.Errorf("%w: order already ended", function.ErrConflict)
 
@@ -47,8 +44,8 @@ func (f *canceller) request(ctx context.Context, req *ordersv1.CancelOrderReques
 		return nil, err
 	}
 	reason := req.GetReason()
-	if len(reason) > MaxReason {
-		return nil, function.Invalid("reason", "at most %d bytes", MaxReason)
+	if err := validate.Reason("reason", reason); err != nil {
+		return nil, err
 	}
 	if reason == "" {
 		reason = "cancelled on request"
@@ -69,9 +66,7 @@ func (f *canceller) onDeadLetter(ctx context.Context, dl *runtimev1.DeadLetter) 
 	}
 	function.Annotate(ctx, "order_id", id)
 	reason := fmt.Sprintf("%s gave up after %d attempts: %s", dl.GetFunction(), dl.GetAttempts(), dl.GetError())
-	if len(reason) > MaxReason {
-		reason = reason[:MaxReason]
-	}
+	reason = validate.TruncateReason(reason)
 	_, err := f.cancel(ctx, id, reason)
 	if errors.Is(err, function.ErrConflict) {
 		return nil // ended already: nothing to compensate

@@ -17,9 +17,6 @@ import (
 // Durable is the consumer of CancelRequested events.
 const Durable = "payments-refund"
 
-// MaxReason bounds a caller's reason.
-const MaxReason = 512
-
 // New returns the payments.refund function. It also runs on every
 // CancelRequested and publishes PaymentRefunded to log. It is compensation,
 // which must happen, so it retries without limit.
@@ -40,8 +37,8 @@ func (f *refunder) request(ctx context.Context, req *ordersv1.RefundPaymentReque
 	if err := validate.OrderID("order_id", req.GetOrderId()); err != nil {
 		return nil, err
 	}
-	if len(req.GetReason()) > MaxReason {
-		return nil, function.Invalid("reason", "at most %d bytes", MaxReason)
+	if err := validate.Reason("reason", req.GetReason()); err != nil {
+		return nil, err
 	}
 	rec, refunded, err := f.p.Refund(ctx, req.GetOrderId(), req.GetReason())
 	if err != nil {

@@ -21,9 +21,6 @@ const (
 	DurableRefunded = "inventory-release-refunded"
 )
 
-// MaxReason bounds a caller's reason.
-const MaxReason = 512
-
 // New returns the inventory.release function. It also runs on every
 // PaymentDeclined and PaymentRefunded and publishes StockReleased to log,
 // which cancels the order; obs (may be nil) learns of each order it cancels.
@@ -52,8 +49,8 @@ func (f *releaser) request(ctx context.Context, req *ordersv1.ReleaseStockReques
 	if err := validate.OrderID("order_id", req.GetOrderId()); err != nil {
 		return nil, err
 	}
-	if len(req.GetReason()) > MaxReason {
-		return nil, function.Invalid("reason", "at most %d bytes", MaxReason)
+	if err := validate.Reason("reason", req.GetReason()); err != nil {
+		return nil, err
 	}
 	r, err := f.stock.Release(ctx, req.GetOrderId(), req.GetReason())
 	if err != nil {

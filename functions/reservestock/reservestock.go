@@ -4,7 +4,6 @@ package reservestock
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/orderflow/orderflow/functions/internal/inventory"
@@ -14,9 +13,6 @@ import (
 	"github.com/orderflow/orderflow/runtime/function"
 	"github.com/orderflow/orderflow/runtime/state"
 )
-
-// MaxItems bounds the items of one reservation.
-const MaxItems = 100
 
 // Durable is the consumer of OrderCreated events.
 const Durable = "inventory-reserve"
@@ -87,26 +83,5 @@ func Validate(req *ordersv1.ReserveStockRequest) error {
 	if err := validate.OrderID("order_id", req.GetOrderId()); err != nil {
 		return err
 	}
-	items := req.GetItems()
-	if len(items) == 0 {
-		return function.Invalid("items", "at least one item is required")
-	}
-	if len(items) > MaxItems {
-		return function.Invalid("items", "at most %d items, got %d", MaxItems, len(items))
-	}
-	seen := make(map[string]bool, len(items))
-	for i, it := range items {
-		f := fmt.Sprintf("items[%d]", i)
-		if err := validate.SKU(f+".sku", it.GetSku()); err != nil {
-			return err
-		}
-		if seen[it.GetSku()] {
-			return function.Invalid(f+".sku", "%q appears twice", it.GetSku())
-		}
-		seen[it.GetSku()] = true
-		if it.GetQuantity() <= 0 {
-			return function.Invalid(f+".quantity", "must be positive, got %d", it.GetQuantity())
-		}
-	}
-	return nil
+	return validate.Items("items", req.GetItems())
 }

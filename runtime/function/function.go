@@ -60,6 +60,9 @@ type Definition struct {
 	// Retry is the function's retry policy; nil takes the host's default.
 	// Config may override it per function.
 	Retry *retry.Policy
+	// NotIdempotent says a repeat of a call does the work again, so the
+	// runtime must never retry it, whatever the config says.
+	NotIdempotent bool
 }
 
 // Trigger runs an event handler of a function on the messages of a stream
@@ -100,6 +103,11 @@ func On[E any, PE Message[E]](stream, subject, durable string, fn func(context.C
 		})
 	}
 }
+
+// NotIdempotent marks a function whose repeat does the work again: the
+// runtime never retries it, and it cannot have triggers (a redelivered
+// message would repeat it).
+func NotIdempotent() Option { return func(d *Definition) { d.NotIdempotent = true } }
 
 // WithRetry sets the function's retry policy.
 func WithRetry(p retry.Policy) Option { return func(d *Definition) { d.Retry = &p } }

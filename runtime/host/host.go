@@ -112,6 +112,12 @@ func (h *Host) Add(svc function.Service, def function.Definition) error {
 	if p, ok := h.opts.retryFor[subject]; ok {
 		policy = p
 	}
+	if def.NotIdempotent {
+		if len(def.Triggers) > 0 {
+			return fmt.Errorf("%w: %s is not idempotent and cannot run on messages, which are redelivered", ErrConfig, subject)
+		}
+		policy.MaxAttempts = 1 // whatever the config says
+	}
 	// Requests retry in process, within their deadline; triggered messages
 	// retry by redelivery, so their chain has no Retry.
 	reqChain := append(append(slices.Clone(h.opts.middleware), middleware.Retry(policy)), def.Middleware...)

@@ -20,6 +20,7 @@ import (
 	"github.com/orderflow/orderflow/runtime/function"
 	"github.com/orderflow/orderflow/runtime/host"
 	"github.com/orderflow/orderflow/runtime/middleware"
+	"github.com/orderflow/orderflow/runtime/retry"
 	"github.com/orderflow/orderflow/runtime/runtimetest"
 )
 
@@ -95,6 +96,25 @@ func TestServesBothEncodings(t *testing.T) {
 		if want == "application/json" && !strings.Contains(string(m.Data), `"reserved":0`) {
 			t.Errorf("JSON reply %s hides zero values", m.Data)
 		}
+	}
+}
+
+// A function marked NotIdempotent is called once, even when a config
+// override asks for retries.
+func TestNotIdempotentIsNeverRetried(t *testing.T) {
+	nc := runtimetest.Connect(t, runtimetest.StartNATS(t))
+	var calls atomic.Int32
+	fail := func(context.Context, *ordersv1.GetStockRequest) (*ordersv1.GetStockResponse, error) {
+		calls.Add(1)
+		return nil, errors.New("lost reply")
+	}
+	startHost(t, nc, []function.Definition{function.New("get", fail, function.NotIdempotent())},
+		host.WithRetryFor("stock.get", retry.Policy{MaxAttempts: 5, Initial: time.Millisecond, Multiplier: 1, Max: time.Millisecond}))
+	if _, err := call(t, nc, "SKU-1", runtimetest.Protobuf); runtimetest.Code(err) != 500 {
+		t.Fatalf("call = %v, want a 500", err)
+	}
+	if n := calls.Load(); n != 1 {
+		t.Errorf("called %d times, want once", n)
 	}
 }
 
@@ -334,6 +354,11 @@ func TestAddRejectsBadRegistrations(t *testing.T) {
 	}
 	if err := h.Add(function.Service{Name: "stock", Version: "9.9.9"}, function.New("other", lookup)); !errors.Is(err, host.ErrConfig) {
 		t.Errorf("second version Add = %v, want ErrConfig", err)
+	}
+	h, _ = host.New(nc)
+	bad := function.New("restock", lookup, function.NotIdempotent(), function.On("EV", "EV.>", "c", func(context.Context, *ordersv1.StockSold) error { return nil }))
+	if err := h.Add(testService, bad); !errors.Is(err, host.ErrConfig) {
+		t.Errorf("a non-idempotent function with a trigger: Add = %v, want ErrConfig", err)
 	}
 	if _, err := host.New(nc, host.WithWorkers(0)); !errors.Is(err, host.ErrConfig) {
 		t.Errorf("WithWorkers(0) = %v, want ErrConfig", err)

@@ -4,12 +4,15 @@
 package validate
 
 import (
+	"fmt"
 	"regexp"
+	"strings"
 	"unicode"
 	"unicode/utf8"
 
 	"golang.org/x/text/currency"
 
+	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
 	"github.com/orderflow/orderflow/runtime/function"
 )
 
@@ -68,3 +71,59 @@ const MaxCustomerID = 128
 
 // CustomerID checks a customer id.
 func CustomerID(field, id string) error { return Text(field, id, MaxCustomerID) }
+
+// Limits shared by the functions.
+const (
+	// MaxItems bounds the lines of one order.
+	MaxItems = 100
+	// MaxQuantity bounds one line's units, and one restock.
+	MaxQuantity = 1_000_000
+	// MaxReason bounds a caller's reason, in bytes.
+	MaxReason = 512
+)
+
+// Items checks an order's lines: at least one, at most MaxItems, each a
+// valid SKU appearing once with 1..MaxQuantity units. Field names are built
+// only for the line at fault.
+func Items(field string, items []*ordersv1.OrderItem) error {
+	if len(items) == 0 {
+		return function.Invalid(field, "at least one item is required")
+	}
+	if len(items) > MaxItems {
+		return function.Invalid(field, "at most %d items, got %d", MaxItems, len(items))
+	}
+	line := func(i int, name string) string { return fmt.Sprintf("%s[%d].%s", field, i, name) }
+	seen := make(map[string]int, len(items))
+	for i, it := range items {
+		if !tokenRE.MatchString(it.GetSku()) {
+			return SKU(line(i, "sku"), it.GetSku())
+		}
+		if j, dup := seen[it.GetSku()]; dup {
+			return function.Invalid(line(i, "sku"), "%q already in %s[%d]; put the quantity on one line", it.GetSku(), field, j)
+		}
+		seen[it.GetSku()] = i
+		if q := it.GetQuantity(); q <= 0 || q > MaxQuantity {
+			return function.Invalid(line(i, "quantity"), "must be 1..%d, got %d", MaxQuantity, q)
+		}
+	}
+	return nil
+}
+
+// Reason checks an optional free-text reason.
+func Reason(field, s string) error {
+	if len(s) > MaxReason {
+		return function.Invalid(field, "at most %d bytes, got %d", MaxReason, len(s))
+	}
+	if !utf8.ValidString(s) {
+		return function.Invalid(field, "must be valid UTF-8")
+	}
+	return nil
+}
+
+// TruncateReason cuts s to MaxReason bytes without splitting a character.
+func TruncateReason(s string) string {
+	if len(s) <= MaxReason {
+		return s
+	}
+	return strings.ToValidUTF8(s[:MaxReason], "")
+}
