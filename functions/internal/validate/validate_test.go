@@ -28,7 +28,7 @@ func TestItems(t *testing.T) {
 		{[]*ordersv1.OrderItem{item("A", 1), item("A.*", 1)}, "items[1].sku"},
 		{[]*ordersv1.OrderItem{item("A", 1), item("A", 2)}, "items[1].sku"},
 		{[]*ordersv1.OrderItem{item("A", 0)}, "items[0].quantity"},
-		{[]*ordersv1.OrderItem{item("A", validate.MaxQuantity + 1)}, "items[0].quantity"},
+		{[]*ordersv1.OrderItem{item("A", validate.MaxQuantity+1)}, "items[0].quantity"},
 	}
 	for _, tt := range tests {
 		err := validate.Items("items", tt.items)
