@@ -13,6 +13,7 @@ import (
 	"github.com/HdrHistogram/hdrhistogram-go"
 	"github.com/jedib0t/go-pretty/v6/progress"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 	"google.golang.org/protobuf/proto"
 
 	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
@@ -255,10 +256,18 @@ func request(ctx context.Context, nc *nats.Conn, subject string, req, resp proto
 	if err != nil {
 		return err
 	}
-	if code := reply.Header.Get("Nats-Service-Error-Code"); code != "" {
-		return fmt.Errorf("%s: %s %s", subject, code, reply.Header.Get("Nats-Service-Error"))
+	if err := serviceError(subject, reply); err != nil {
+		return err
 	}
 	return proto.Unmarshal(reply.Data, resp)
+}
+
+// serviceError is the micro error a reply carries, if any.
+func serviceError(subject string, reply *nats.Msg) error {
+	if code := reply.Header.Get(micro.ErrorCodeHeader); code != "" {
+		return fmt.Errorf("%s: %s %s", subject, code, reply.Header.Get(micro.ErrorHeader))
+	}
+	return nil
 }
 
 // display shows progress: a bar on a terminal, a line every two seconds
@@ -268,12 +277,13 @@ type display struct {
 	pw               progress.Writer
 	createdT, endedT *progress.Tracker
 	n                atomic.Int64
-	last             time.Time
+	last             atomic.Int64 // unix nanos of the last progress line
 	total            int
 }
 
 func newProgress(o options) *display {
-	d := &display{mode: o.progress, total: o.orders, last: time.Now()}
+	d := &display{mode: o.progress, total: o.orders}
+	d.last.Store(time.Now().UnixNano())
 	if d.mode == "bar" {
 		d.pw = progress.NewWriter()
 		d.pw.SetOutputWriter(stderrWriter)
@@ -295,8 +305,8 @@ func (d *display) created(n int) {
 	case "bar":
 		d.createdT.Increment(int64(n))
 	case "lines":
-		if time.Since(d.last) > 2*time.Second {
-			d.last = time.Now()
+		now, last := time.Now().UnixNano(), d.last.Load()
+		if now-last > int64(2*time.Second) && d.last.CompareAndSwap(last, now) {
 			fmt.Fprintf(stderrWriter, "%s created %d/%d\n", time.Now().Format("15:04:05"), c, d.total)
 		}
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"time"
 
@@ -54,8 +53,8 @@ func runRequests(ctx context.Context, o options) (RequestResult, error) {
 			for range per {
 				t := time.Now()
 				m, err := nc.Request("inventory.get", data, 5*time.Second)
-				if err == nil && m.Header.Get("Nats-Service-Error-Code") != "" {
-					err = fmt.Errorf("inventory.get: %s", m.Header.Get("Nats-Service-Error"))
+				if err == nil {
+					err = serviceError("inventory.get", m)
 				}
 				if err != nil {
 					errs <- err

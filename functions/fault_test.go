@@ -218,7 +218,7 @@ func TestFaults(t *testing.T) {
 				t.Fatalf("order %d (%s): %v", i, id, err)
 			}
 			status[i] = got.GetOrder().GetStatus()
-			if isTerminal(status[i]) {
+			if orderlog.IsTerminal(status[i]) {
 				break
 			}
 			if time.Now().After(deadline) {
@@ -340,10 +340,6 @@ func explainHolds(t *testing.T, s *testSystem, sku string, call func(string, pro
 		}
 		t.Logf("held: %s x%d, order %s, events %s, reservation %v", id, h.GetQuantity(), o.GetOrder().GetStatus(), eventTypes(o), &r)
 	}
-}
-
-func isTerminal(s ordersv1.OrderStatus) bool {
-	return s == confirmed || s == rejected || s == cancelled
 }
 
 func waitCount(n *atomic.Int32, want int) {

@@ -369,7 +369,7 @@ func checkNames(cfg config.Config) error {
 	}
 	for fn := range cfg.RetryPolicies {
 		if !slices.ContainsFunc(all, func(r registration) bool { return r.svc.Name+"."+r.def.Name == fn }) {
-			return fmt.Errorf("%w: RETRY_POLICY_%s: no function %s", config.ErrInvalid, strings.ToUpper(strings.ReplaceAll(fn, ".", "_")), fn)
+			return fmt.Errorf("%w: %s: no function %s", config.ErrInvalid, config.RetryVar(fn), fn)
 		}
 	}
 	return nil

@@ -12,7 +12,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nats.go/micro"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
@@ -219,25 +218,12 @@ func TestOrdersCreateRejectsBadInput(t *testing.T) {
 		t.Errorf("bad requests stored %d events", after-before)
 	}
 	// micro stats count every one of them as an error.
-	st := serviceStats(t, s.nc, "orders")
+	st := runtimetest.Stats(t, s.nc, "orders")[0]
 	for _, e := range st.Endpoints {
 		if e.Name == "create" && (e.NumErrors != len(tests) || e.NumRequests != len(tests)) {
 			t.Errorf("orders.create stats: %d requests, %d errors; want %d of each", e.NumRequests, e.NumErrors, len(tests))
 		}
 	}
-}
-
-func serviceStats(t *testing.T, nc *nats.Conn, name string) micro.Stats {
-	t.Helper()
-	m, err := nc.Request("$SRV.STATS."+name, nil, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var st micro.Stats
-	if err := json.Unmarshal(m.Data, &st); err != nil {
-		t.Fatal(err)
-	}
-	return st
 }
 
 func TestIdempotencyKey(t *testing.T) {

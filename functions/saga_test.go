@@ -10,10 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
-
 	"github.com/orderflow/orderflow/functions/chargepayment"
+	"github.com/orderflow/orderflow/functions/internal/orderlog"
 	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
 	runtimev1 "github.com/orderflow/orderflow/proto/gen/runtime/v1"
 	"github.com/orderflow/orderflow/runtime/config"
@@ -43,8 +41,7 @@ func (s *testSystem) awaitTerminal(t *testing.T, id string) *ordersv1.GetOrderRe
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		o := s.order(t, id)
-		switch o.GetOrder().GetStatus() {
-		case confirmed, rejected, cancelled:
+		if orderlog.IsTerminal(o.GetOrder().GetStatus()) {
 			return o
 		}
 		if time.Now().After(deadline) {
@@ -277,7 +274,7 @@ func TestDeadLetterCompensates(t *testing.T) {
 
 	// The charging pod's stats count the retries and dead letters.
 	var data host.EndpointData
-	for _, st := range allStats(t, s.nc, "payments") {
+	for _, st := range runtimetest.Stats(t, s.nc, "payments") {
 		for _, e := range st.Endpoints {
 			var d host.EndpointData
 			if e.Name == "charge" && json.Unmarshal(e.Data, &d) == nil && d.Triggers != nil {
@@ -313,32 +310,6 @@ func TestDeadLetterCompensates(t *testing.T) {
 	}
 	if _, err := call[runtimev1.ListDeadLettersResponse](t, s, "deadletters.list", &runtimev1.ListDeadLettersRequest{Limit: -1}); runtimetest.Code(err) != 400 {
 		t.Errorf("list with a negative limit: %v, want 400", err)
-	}
-}
-
-// allStats gathers the STATS replies of every instance of a service.
-func allStats(t *testing.T, nc *nats.Conn, name string) []micro.Stats {
-	t.Helper()
-	inbox := nats.NewInbox()
-	sub, err := nc.SubscribeSync(inbox)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
-	if err := nc.PublishRequest("$SRV.STATS."+name, inbox, nil); err != nil {
-		t.Fatal(err)
-	}
-	var out []micro.Stats
-	for {
-		m, err := sub.NextMsg(500 * time.Millisecond)
-		if err != nil {
-			return out
-		}
-		var st micro.Stats
-		if err := json.Unmarshal(m.Data, &st); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, st)
 	}
 }
 

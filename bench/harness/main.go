@@ -14,6 +14,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"flag"
@@ -25,6 +26,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,16 +38,15 @@ import (
 )
 
 type options struct {
-	out, svg  string
-	levels    []int
-	orders    int
-	rawMsgs   int
-	requests  int
-	workers   int
-	skus      int
-	profileS  int
-	modes     []string
-	keepFiles bool
+	out, svg string
+	levels   []int
+	orders   int
+	rawMsgs  int
+	requests int
+	workers  int
+	skus     int
+	profileS int
+	modes    []string
 }
 
 func main() {
@@ -162,8 +163,8 @@ type modeResult struct {
 
 // cpuUse is where the machine's time went during a run.
 type cpuUse struct {
-	ServerPct, HostPct, LoadPct float64 // of one core
-	IdlePct, IOWaitPct          float64 // of the whole machine
+	ServerPct, HostPct float64 // of one core
+	IdlePct, IOWaitPct float64 // of the whole machine
 }
 
 type loadResult struct {
@@ -525,16 +526,8 @@ func stepTimes(base string) ([]stepTime, error) {
 			out = append(out, stepTime{Consumer: k, Count: n, AvgMs: 1000 * sums[k] / n})
 		}
 	}
-	sortSteps(out)
+	slices.SortFunc(out, func(a, b stepTime) int { return cmp.Compare(b.AvgMs, a.AvgMs) })
 	return out, sc.Err()
-}
-
-func sortSteps(s []stepTime) {
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && s[j].AvgMs > s[j-1].AvgMs; j-- {
-			s[j], s[j-1] = s[j-1], s[j]
-		}
-	}
 }
 
 // cpuProfile takes a CPU profile of the host and returns its top entries.

@@ -34,7 +34,8 @@ type Config struct {
 	// Functions this process hosts: service names ("orders") or endpoint
 	// subjects ("orders.create"), comma separated. Empty: all.
 	Functions []string `envconfig:"FUNCTIONS"`
-	// HTTPAddr serves /healthz, /readyz and /metrics; "off" disables it.
+	// HTTPAddr serves /healthz, /readyz, /metrics and /debug/pprof; "off"
+	// disables it.
 	HTTPAddr string `envconfig:"HTTP_ADDR" default:":8080"`
 
 	// StreamReplicas of every stream and bucket.
@@ -92,8 +93,8 @@ func (c Config) Policies() map[string]retry.Policy {
 
 const retryPrefix = "RETRY_POLICY_"
 
-// retryVar is the variable that overrides fn's ("payments.charge") policy.
-func retryVar(fn string) string {
+// RetryVar is the variable that overrides fn's ("payments.charge") policy.
+func RetryVar(fn string) string {
 	return retryPrefix + strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(fn))
 }
 
@@ -172,11 +173,11 @@ func (c Config) Validate() error {
 	for fn, s := range c.RetryPolicies {
 		p, err := retry.Parse(s, def)
 		if err != nil {
-			bad(retryVar(fn), "%v", err)
+			bad(RetryVar(fn), "%v", err)
 			continue
 		}
 		if h := p.Horizon(); h >= c.DuplicateWindow {
-			bad(retryVar(fn), "retries span %s, beyond EVENT_DUPLICATE_WINDOW %s: a late retry could publish an event twice", h, c.DuplicateWindow)
+			bad(RetryVar(fn), "retries span %s, beyond EVENT_DUPLICATE_WINDOW %s: a late retry could publish an event twice", h, c.DuplicateWindow)
 		}
 	}
 	if h := def.Horizon(); err == nil && h >= c.DuplicateWindow {

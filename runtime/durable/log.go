@@ -35,9 +35,6 @@ func (l *Log) Append(ctx context.Context, e state.Event) (uint64, bool, error) {
 	}
 	m := nats.NewMsg(e.Subject)
 	m.Data = data
-	for k, v := range e.Header {
-		m.Header[k] = v
-	}
 	m.Header.Set(EventTypeHeader, string(e.Payload.ProtoReflect().Descriptor().FullName()))
 	m.Header.Set("Content-Type", "application/protobuf")
 	ctx, span := startPublish(ctx, l.tracer, m, e.ID)

@@ -22,7 +22,7 @@ type Check struct {
 	Fn   func(ctx context.Context) error
 }
 
-// Handler routes the three endpoints.
+// Handler routes the endpoints.
 type Handler struct {
 	mux      *http.ServeMux
 	checks   []Check

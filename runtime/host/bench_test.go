@@ -15,7 +15,7 @@ import (
 )
 
 // BenchmarkRequest is the request path through the host (decode, middleware,
-// function, encode, reply) over a real server, 8 clients at once, with
+// function, encode, reply) over a real server, 4 clients per core, with
 // tracing compiled out, off (the default: a no-op provider) and always on
 // (the SDK sampling every span, exported to nowhere in batches).
 func BenchmarkRequest(b *testing.B) {
@@ -33,7 +33,7 @@ func BenchmarkRequest(b *testing.B) {
 			nc := runtimetest.Connect(b, runtimetest.StartNATS(b))
 			startHost(b, nc, []function.Definition{function.New("get", lookup)}, host.WithWorkers(8), bc.opt)
 			data, _ := proto.Marshal(&ordersv1.GetStockRequest{Sku: "SKU-1"})
-			b.SetParallelism(4) // 8 clients on 2 cores
+			b.SetParallelism(4) // 4 clients per core: 8 on this 2-core machine
 			b.ReportAllocs()
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {

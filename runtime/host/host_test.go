@@ -151,17 +151,14 @@ func TestErrorsBecomeMicroErrors(t *testing.T) {
 	}
 }
 
+// stats is the STATS reply of the one instance of svc.
 func stats(t *testing.T, nc *nats.Conn, svc string) micro.Stats {
 	t.Helper()
-	m, err := nc.Request("$SRV.STATS."+svc, nil, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
+	all := runtimetest.Stats(t, nc, svc)
+	if len(all) != 1 {
+		t.Fatalf("%d instances of %s, want 1", len(all), svc)
 	}
-	var s micro.Stats
-	if err := json.Unmarshal(m.Data, &s); err != nil {
-		t.Fatal(err)
-	}
-	return s
+	return all[0]
 }
 
 func TestConcurrencyAndStats(t *testing.T) {

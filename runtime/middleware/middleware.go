@@ -1,5 +1,6 @@
 // Package middleware holds the function.Middleware every function gets:
-// panic recovery, a deadline and a log line per failed call.
+// panic recovery, a deadline, a log line per failed call, and retries of
+// transient failures on the request path.
 package middleware
 
 import (

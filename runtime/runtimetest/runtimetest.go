@@ -4,6 +4,7 @@ package runtimetest
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -165,4 +166,34 @@ func CallRaw[Resp any, P interface {
 		return nil, fmt.Errorf("decode %s reply %q: %w", subject, reply.Data, err)
 	}
 	return out, nil
+}
+
+// Stats gathers the STATS replies of every instance of service, waiting up
+// to 500ms after the last one for more.
+func Stats(t testing.TB, nc *nats.Conn, service string) []micro.Stats {
+	t.Helper()
+	inbox := nats.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := nc.PublishRequest("$SRV.STATS."+service, inbox, nil); err != nil {
+		t.Fatal(err)
+	}
+	var out []micro.Stats
+	for {
+		m, err := sub.NextMsg(500 * time.Millisecond)
+		if err != nil {
+			if len(out) == 0 {
+				t.Fatalf("no STATS reply from %s", service)
+			}
+			return out
+		}
+		var st micro.Stats
+		if err := json.Unmarshal(m.Data, &st); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, st)
+	}
 }

@@ -121,7 +121,6 @@ type Event struct {
 	// within its duplicate window.
 	ID      string
 	Payload proto.Message
-	Header  map[string][]string
 	// IfLast, when set, stores the event only if the log has not moved on:
 	// optimistic concurrency over a subject filter, e.g. all of one order's
 	// events. A mismatch is ErrConflict.

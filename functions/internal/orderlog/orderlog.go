@@ -246,7 +246,7 @@ func (o Observer) Observe(status ordersv1.OrderStatus, created, now time.Time) {
 func decode(r state.Record) (proto.Message, error) {
 	name := r.Type
 	if name == "" {
-		return nil, fmt.Errorf("event %s #%d: no %s header", r.Subject, r.Sequence, "Event-Type")
+		return nil, fmt.Errorf("event %s #%d: no type", r.Subject, r.Sequence)
 	}
 	mt, err := protoregistry.GlobalTypes.FindMessageByName(protoreflect.FullName(name))
 	if err != nil || !strings.HasPrefix(name, "orders.v1.") {
