@@ -100,6 +100,14 @@ func registry(s stores) []registration {
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	cmd := "serve"
+	if len(os.Args) > 1 {
+		cmd = os.Args[1]
+	}
+	if cmd != "serve" && cmd != "provision" {
+		fmt.Fprintf(os.Stderr, "usage: orderflow [serve|provision]\n  serve      run the functions (default)\n  provision  create or update every stream, bucket and consumer, then exit\n")
+		os.Exit(2)
+	}
 	cfg, err := config.Load()
 	if err == nil {
 		err = telemetry.FromEnv().Validate()
@@ -108,7 +116,12 @@ func main() {
 		fmt.Fprintln(os.Stderr, "orderflow:", err)
 		os.Exit(2)
 	}
-	if err := run(ctx, cfg, os.Stdout); err != nil {
+	if cmd == "provision" {
+		err = provision(ctx, cfg, os.Stdout)
+	} else {
+		err = run(ctx, cfg, os.Stdout)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "orderflow:", err)
 		os.Exit(1)
 	}
@@ -124,6 +137,49 @@ func run(ctx context.Context, cfg config.Config, out io.Writer) error {
 	return sys.shutdown()
 }
 
+// provision creates or updates every stream, bucket and consumer the
+// functions FUNCTIONS selects need, as declared, and reports what it did.
+// Serving pods then only look them up (CREATE_MISSING=false) or create
+// what is missing, and never change what exists.
+func provision(ctx context.Context, cfg config.Config, out io.Writer) error {
+	if err := checkNames(cfg); err != nil {
+		return err
+	}
+	sys := &system{cfg: cfg, log: newLogger(cfg, os.Stderr)}
+	defer sys.close()
+	js, err := sys.connect()
+	if err != nil {
+		return err
+	}
+	h, err := host.New(sys.nc, host.WithAckWait(cfg.AckWait))
+	if err != nil {
+		return err
+	}
+	regs, err := selectFunctions(registry(stores{}), cfg.Functions)
+	if err != nil {
+		return err
+	}
+	for _, r := range regs {
+		if err := h.Add(r.svc, r.def); err != nil {
+			return err
+		}
+	}
+	res := storeResources(cfg)
+	res.Consumers = h.Resources().Consumers
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	actions, err := durable.Ensure(ctx, js, res, durable.Apply)
+	for _, a := range actions {
+		fmt.Fprintln(out, a)
+	}
+	if err != nil {
+		return fmt.Errorf("provision: %w", err)
+	}
+	fmt.Fprintf(out, "provisioned %d streams, %d buckets, %d consumers with %d replicas\n",
+		len(res.Streams), len(res.Buckets), len(res.Consumers), cfg.StreamReplicas)
+	return nil
+}
+
 // system is a running host and what it owns.
 type system struct {
 	cfg config.Config
@@ -135,6 +191,10 @@ type system struct {
 	host    *host.Host
 	health  *health.Handler
 	http    *http.Server
+	// url is the server the system connected to.
+	url string
+	// stopBackground ends keepResources.
+	stopBackground context.CancelFunc
 	// httpAddr is where /healthz listens, once started.
 	httpAddr string
 }
@@ -174,47 +234,12 @@ func start(ctx context.Context, cfg config.Config, out io.Writer, tp trace.Trace
 		sys.tracing, tp = &tr, tr.Provider
 	}
 
-	url := cfg.NATSURL
-	var connOpts []nats.Option
-	if url == "" {
-		opts, err := natsserver.Load(cfg.NATSConf)
-		if err != nil {
-			return nil, err
-		}
-		if cfg.NATSStoreDir != "" {
-			opts.StoreDir = cfg.NATSStoreDir
-		}
-		opts.NoLog = true
-		if sys.srv, err = natsserver.Start(opts); err != nil {
-			return nil, err
-		}
-		url = sys.srv.ClientURL()
-		connOpts = append(connOpts, nats.InProcessServer(sys.srv))
-		sys.log.Info("embedded NATS server started", "url", url, "store_dir", opts.StoreDir, "sync_always", opts.SyncAlways)
-	}
-	connOpts = append(connOpts,
-		nats.Name("orderflow-functions"),
-		// Reads of an order's history are short sync subscriptions; the 64k
-		// default buffer made each of them a 512 KiB allocation.
-		nats.SyncQueueLen(1024),
-		nats.MaxReconnects(-1), // a pod outlives server restarts
-		nats.ReconnectWait(250*time.Millisecond),
-		nats.RetryOnFailedConnect(true),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			if err != nil {
-				sys.log.Warn("NATS disconnected", "error", err)
-			}
-		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { sys.log.Info("NATS reconnected", "url", c.ConnectedUrl()) }),
-	)
-	if sys.nc, err = nats.Connect(url, connOpts...); err != nil {
-		return nil, fmt.Errorf("connect %s: %w", url, err)
-	}
-	js, err := jetstream.New(sys.nc)
+	js, err := sys.connect()
 	if err != nil {
 		return nil, err
 	}
-	st, err := openStores(ctx, js, cfg, tp, sys.log)
+	res := storeResources(cfg)
+	st, err := openStores(ctx, js, cfg, res, tp, sys.log)
 	if err != nil {
 		return nil, err
 	}
@@ -230,6 +255,8 @@ func start(ctx context.Context, cfg config.Config, out io.Writer, tp trace.Trace
 		host.WithDeadLetters(st.deadLetters),
 		host.WithRetry(cfg.Default()),
 		host.WithAckWait(cfg.AckWait),
+		host.WithOutageHorizon(cfg.OutageHorizon),
+		host.WithProvisioning(provisioning(cfg)),
 		host.WithTracerProvider(tp),
 		host.WithMiddleware(
 			middleware.Logging(sys.log),
@@ -269,11 +296,13 @@ func start(ctx context.Context, cfg config.Config, out io.Writer, tp trace.Trace
 			return err
 		}},
 		health.Check{Name: "functions", Fn: func(context.Context) error { return sys.host.Ready() }},
-		health.Check{Name: "streams", Fn: func(ctx context.Context) error {
-			return durable.Check(ctx, js, durable.EventStream, durable.DeadLetterStream,
-				durable.BucketStream(inventory.Bucket), durable.BucketStream(payments.Bucket), durable.BucketStream(gateway.Bucket))
-		}},
+		health.Check{Name: "streams", Fn: func(ctx context.Context) error { return durable.Check(ctx, js, res) }},
 	)
+	if cfg.CreateMissing {
+		bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		sys.stopBackground = cancel
+		go keepResources(bg, js, res, sys.log)
+	}
 	if cfg.HTTPAddr != "off" {
 		ln, err := net.Listen("tcp", cfg.HTTPAddr)
 		if err != nil {
@@ -287,17 +316,85 @@ func start(ctx context.Context, cfg config.Config, out io.Writer, tp trace.Trace
 			}
 		}()
 	}
-	sys.log.Info("orderflow serving", "functions", strings.Join(sys.host.Subjects(), ","), "nats", url,
+	sys.log.Info("orderflow serving", "functions", strings.Join(sys.host.Subjects(), ","), "nats", sys.url,
 		"http", sys.httpAddr, "workers", cfg.WorkerPoolSize)
 	return sys, nil
 }
 
-// openStores declares the streams and buckets, waiting for JetStream when
-// the server is not up yet: pods may start before it.
-func openStores(ctx context.Context, js jetstream.JetStream, cfg config.Config, tp trace.TracerProvider, log *slog.Logger) (stores, error) {
-	dc := durable.Config{Replicas: cfg.StreamReplicas, DuplicateWindow: cfg.DuplicateWindow, Tracing: tp}
+// connect starts the embedded server when NATS_URL is empty, and connects.
+func (s *system) connect() (jetstream.JetStream, error) {
+	s.url = s.cfg.NATSURL
+	var connOpts []nats.Option
+	if s.url == "" {
+		opts, err := natsserver.Load(s.cfg.NATSConf)
+		if err != nil {
+			return nil, err
+		}
+		if s.cfg.NATSStoreDir != "" {
+			opts.StoreDir = s.cfg.NATSStoreDir
+		}
+		opts.NoLog = true
+		if s.srv, err = natsserver.Start(opts); err != nil {
+			return nil, err
+		}
+		s.url = s.srv.ClientURL()
+		connOpts = append(connOpts, nats.InProcessServer(s.srv))
+		s.log.Info("embedded NATS server started", "url", s.url, "store_dir", opts.StoreDir, "sync_always", opts.SyncAlways)
+	}
+	connOpts = append(connOpts,
+		nats.Name("orderflow-functions"),
+		// Reads of an order's history are short sync subscriptions; the 64k
+		// default buffer made each of them a 512 KiB allocation.
+		nats.SyncQueueLen(1024),
+		nats.MaxReconnects(-1), // a pod outlives server restarts
+		nats.ReconnectWait(250*time.Millisecond),
+		nats.RetryOnFailedConnect(true),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				s.log.Warn("NATS disconnected", "error", err)
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) { s.log.Info("NATS reconnected", "url", c.ConnectedUrl()) }),
+	)
+	var err error
+	if s.nc, err = nats.Connect(s.url, connOpts...); err != nil {
+		return nil, fmt.Errorf("connect %s: %w", s.url, err)
+	}
+	return jetstream.New(s.nc)
+}
+
+// storeConfig sizes the streams and buckets from config.
+func storeConfig(cfg config.Config) durable.Config {
+	return durable.Config{Replicas: cfg.StreamReplicas, DuplicateWindow: cfg.DuplicateWindow, Mode: provisioning(cfg)}
+}
+
+// provisioning is what a serving pod may do to missing resources.
+func provisioning(cfg config.Config) durable.Mode {
+	if cfg.CreateMissing {
+		return durable.CreateMissing
+	}
+	return durable.Lookup
+}
+
+// buckets are the KV buckets the stores live in.
+var buckets = []string{inventory.Bucket, payments.Bucket, gateway.Bucket}
+
+// storeResources are the streams and buckets the stores live in.
+func storeResources(cfg config.Config) durable.Resources {
+	dc := storeConfig(cfg)
+	r := durable.Resources{Streams: []jetstream.StreamConfig{durable.EventStreamConfig(dc), durable.DeadLetterStreamConfig(dc)}}
+	for _, b := range buckets {
+		r.Buckets = append(r.Buckets, durable.BucketConfig(b, dc))
+	}
+	return r
+}
+
+// openStores finds (or, if allowed, creates) the streams and buckets and
+// opens the stores on them, waiting for JetStream when the server is not
+// up yet: pods may start before it.
+func openStores(ctx context.Context, js jetstream.JetStream, cfg config.Config, res durable.Resources, tp trace.TracerProvider, log *slog.Logger) (stores, error) {
 	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
-		st, err := tryOpenStores(ctx, js, dc, cfg)
+		st, err := tryOpenStores(ctx, js, cfg, res, tp, log)
 		if err == nil {
 			return st, nil
 		}
@@ -310,16 +407,23 @@ func openStores(ctx context.Context, js jetstream.JetStream, cfg config.Config, 
 	}
 }
 
-func tryOpenStores(ctx context.Context, js jetstream.JetStream, dc durable.Config, cfg config.Config) (stores, error) {
+func tryOpenStores(ctx context.Context, js jetstream.JetStream, cfg config.Config, res durable.Resources, tp trace.TracerProvider, log *slog.Logger) (stores, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	log, err := durable.OpenLog(ctx, js, dc)
+	actions, err := durable.Ensure(ctx, js, res, provisioning(cfg))
 	if err != nil {
 		return stores{}, err
 	}
-	buckets := map[string]*durable.Bucket{}
-	for _, name := range []string{inventory.Bucket, payments.Bucket, gateway.Bucket} {
-		if buckets[name], err = durable.OpenBucket(ctx, js, name, dc); err != nil {
+	logActions(log, actions, false)
+	dc := storeConfig(cfg)
+	dc.Mode, dc.Tracing = durable.Lookup, tp // ensured above
+	events, err := durable.OpenLog(ctx, js, dc)
+	if err != nil {
+		return stores{}, err
+	}
+	bs := map[string]*durable.Bucket{}
+	for _, name := range buckets {
+		if bs[name], err = durable.OpenBucket(ctx, js, name, dc); err != nil {
 			return stores{}, err
 		}
 	}
@@ -327,17 +431,53 @@ func tryOpenStores(ctx context.Context, js jetstream.JetStream, dc durable.Confi
 	if err != nil {
 		return stores{}, err
 	}
-	gw := gateway.New(buckets[gateway.Bucket], gateway.Config{
+	gw := gateway.New(bs[gateway.Bucket], gateway.Config{
 		MaxOrderMinor: cfg.PaymentMaxOrderMinor,
 		FailureRate:   cfg.PaymentFailureRate,
 		Latency:       cfg.PaymentLatency,
 	})
 	return stores{
-		log:         log,
-		stock:       inventory.New(buckets[inventory.Bucket]),
-		payments:    payments.New(buckets[payments.Bucket], gw),
+		log:         events,
+		stock:       inventory.New(bs[inventory.Bucket]),
+		payments:    payments.New(bs[payments.Bucket], gw),
 		deadLetters: dead,
 	}, nil
+}
+
+// logActions logs what Ensure created and what differs from its
+// declaration; recreated says the resources existed before.
+func logActions(log *slog.Logger, actions []durable.Action, recreated bool) {
+	for _, a := range actions {
+		switch {
+		case a.Did == "created" && recreated:
+			log.Warn(a.Kind+" was missing and has been re-created", "name", a.Name)
+		case a.Did == "created":
+			log.Info(a.Kind+" created", "name", a.Name)
+		case a.Differs != "" && !recreated:
+			log.Warn(a.Kind+" differs from its declaration; run `orderflow provision` to update it", "name", a.Name, "differs", a.Differs)
+		}
+	}
+}
+
+// keepResources re-creates a stream or bucket that disappears while the
+// host runs (an operator's delete, a store lost), until ctx ends. The
+// triggers bind their consumers again by themselves.
+func keepResources(ctx context.Context, js jetstream.JetStream, res durable.Resources, log *slog.Logger) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		actions, err := durable.Ensure(cctx, js, res, durable.CreateMissing)
+		cancel()
+		if err == nil {
+			logActions(log, actions, true)
+		}
+	}
 }
 
 // newSagaMetrics registers the saga's metrics and returns the observer that
@@ -433,6 +573,9 @@ func (s *system) shutdown() error {
 
 // close releases the connection and the embedded server.
 func (s *system) close() {
+	if s.stopBackground != nil {
+		s.stopBackground()
+	}
 	if s.nc != nil {
 		s.nc.Close()
 	}

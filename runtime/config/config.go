@@ -71,6 +71,25 @@ type Config struct {
 	// AckWait: how long JetStream waits for a triggered message's ack
 	// before redelivering it to another pod.
 	AckWait time.Duration `envconfig:"ACK_WAIT" default:"30s"`
+	// OutageHorizon: how long a step that finds JetStream unavailable (an
+	// election, a restarting server) is retried in place without spending
+	// its attempts. Each attempt may wait this long, so attempts times it,
+	// plus the retry backoff, must stay inside EVENT_DUPLICATE_WINDOW.
+	OutageHorizon time.Duration `envconfig:"OUTAGE_HORIZON" default:"2m"`
+	// CreateMissing lets a serving pod create the streams, buckets and
+	// consumers it needs when they do not exist (it never changes existing
+	// ones; `provision` does). false: only look them up, for pods whose
+	// identity may not manage JetStream.
+	CreateMissing bool `envconfig:"CREATE_MISSING" default:"true"`
+}
+
+// span is the longest a message can be retried under p: its backoff, plus
+// an outage ridden out at every attempt.
+func (c Config) span(p retry.Policy) time.Duration {
+	if p.MaxAttempts == 0 {
+		return 0 // retried forever: compensation, which must happen
+	}
+	return p.Horizon() + time.Duration(p.MaxAttempts)*c.OutageHorizon
 }
 
 // Default is the policy RETRY_POLICY describes.
@@ -170,18 +189,21 @@ func (c Config) Validate() error {
 	if err != nil {
 		bad("RETRY_POLICY", "%v", err)
 	}
+	if c.OutageHorizon < 0 {
+		bad("OUTAGE_HORIZON", "must not be negative, got %s", c.OutageHorizon)
+	}
 	for fn, s := range c.RetryPolicies {
 		p, err := retry.Parse(s, def)
 		if err != nil {
 			bad(RetryVar(fn), "%v", err)
 			continue
 		}
-		if h := p.Horizon(); h >= c.DuplicateWindow {
-			bad(RetryVar(fn), "retries span %s, beyond EVENT_DUPLICATE_WINDOW %s: a late retry could publish an event twice", h, c.DuplicateWindow)
+		if h := c.span(p); h >= c.DuplicateWindow {
+			bad(RetryVar(fn), "retries span %s with OUTAGE_HORIZON %s per attempt, beyond EVENT_DUPLICATE_WINDOW %s: a late retry could publish an event twice", h, c.OutageHorizon, c.DuplicateWindow)
 		}
 	}
-	if h := def.Horizon(); err == nil && h >= c.DuplicateWindow {
-		bad("RETRY_POLICY", "retries span %s, beyond EVENT_DUPLICATE_WINDOW %s: a late retry could publish an event twice", h, c.DuplicateWindow)
+	if h := c.span(def); err == nil && h >= c.DuplicateWindow {
+		bad("RETRY_POLICY", "retries span %s with OUTAGE_HORIZON %s per attempt, beyond EVENT_DUPLICATE_WINDOW %s: a late retry could publish an event twice", h, c.OutageHorizon, c.DuplicateWindow)
 	}
 	return errors.Join(errs...)
 }

@@ -47,10 +47,11 @@ type DeadLetters struct {
 	tracer trace.Tracer
 }
 
-// OpenDeadLetters creates or updates the dead-letter stream.
+// OpenDeadLetters binds the dead-letter stream, creating it first if
+// c.Mode allows.
 func OpenDeadLetters(ctx context.Context, js jetstream.JetStream, c Config) (*DeadLetters, error) {
-	if _, err := js.CreateOrUpdateStream(ctx, DeadLetterStreamConfig(c)); err != nil {
-		return nil, fmt.Errorf("stream %s: %w", DeadLetterStream, err)
+	if _, err := Ensure(ctx, js, Resources{Streams: []jetstream.StreamConfig{DeadLetterStreamConfig(c)}}, c.Mode.open()); err != nil {
+		return nil, err
 	}
 	return &DeadLetters{js: js, stream: DeadLetterStream, tracer: c.tracer()}, nil
 }
@@ -70,9 +71,7 @@ func (d *DeadLetters) Put(ctx context.Context, dl *runtimev1.DeadLetter) error {
 	id := fmt.Sprintf("%s/%d/%s", dl.GetStream(), dl.GetStreamSequence(), dl.GetConsumer())
 	ctx, span := startPublish(ctx, d.tracer, m, id)
 	ack, err := d.js.PublishMsg(ctx, m, jetstream.WithMsgID(id))
-	if err != nil {
-		err = fmt.Errorf("dead letter %s: %w", id, err)
-	}
+	err = classify("dead letter "+id, err)
 	endPublish(span, ack, err)
 	return err
 }

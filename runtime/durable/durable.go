@@ -1,13 +1,14 @@
 // Package durable implements the state package on JetStream: buckets are KV
 // buckets written with compare-and-set, and the event log is a stream with
-// message-id deduplication and direct batch gets. It also declares the
-// streams and buckets orderflow needs, with replicas from config.
+// message-id deduplication. Reads see every acknowledged write, also on a
+// replicated stream (see reads.go); a lost compare-and-set race is
+// state.ErrConflict and an outage function.ErrUnavailable, whatever the
+// server answered (errors.go). It also declares the streams and buckets
+// orderflow needs, with replicas from config, and provisions them
+// (provision.go).
 package durable
 
 import (
-	"context"
-	"errors"
-	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -31,6 +32,10 @@ type Config struct {
 	// message ids. It must outlast the longest retry horizon, or a late retry
 	// publishes twice.
 	DuplicateWindow time.Duration
+	// Mode says whether opening a store may create its stream or bucket
+	// (the zero value, CreateMissing) or only find it (Lookup). Opening
+	// never changes an existing one; Ensure with Apply does.
+	Mode Mode
 	// Tracing gives publishes a producer span and puts its context in the
 	// message headers (default: no tracing).
 	Tracing trace.TracerProvider
@@ -70,39 +75,16 @@ func EventStreamConfig(c Config) jetstream.StreamConfig {
 	}
 }
 
-// OpenLog creates or updates the event stream and returns its log.
-func OpenLog(ctx context.Context, js jetstream.JetStream, c Config) (*Log, error) {
-	if _, err := js.CreateOrUpdateStream(ctx, EventStreamConfig(c)); err != nil {
-		return nil, fmt.Errorf("stream %s: %w", EventStream, err)
-	}
-	return &Log{js: js, stream: EventStream, tracer: c.tracer()}, nil
-}
-
-// OpenBucket creates or updates the KV bucket name.
-func OpenBucket(ctx context.Context, js jetstream.JetStream, name string, c Config) (*Bucket, error) {
+// BucketConfig is the configuration of KV bucket name.
+func BucketConfig(name string, c Config) jetstream.KeyValueConfig {
 	c = c.withDefaults()
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	return jetstream.KeyValueConfig{
 		Bucket:   name,
 		History:  1,
 		Storage:  jetstream.FileStorage,
 		Replicas: c.Replicas,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("bucket %s: %w", name, err)
 	}
-	return &Bucket{kv: kv, name: name}, nil
 }
 
 // BucketStream is the name of the stream behind KV bucket name.
 func BucketStream(name string) string { return "KV_" + name }
-
-// Check reports whether the named streams exist, for readiness probes.
-func Check(ctx context.Context, js jetstream.JetStream, streams ...string) error {
-	var errs []error
-	for _, s := range streams {
-		if _, err := js.Stream(ctx, s); err != nil {
-			errs = append(errs, fmt.Errorf("stream %s: %w", s, err))
-		}
-	}
-	return errors.Join(errs...)
-}

@@ -22,12 +22,26 @@ type Log struct {
 	js     jetstream.JetStream
 	stream string
 	tracer trace.Tracer
+	reads  *reads
 }
 
 var _ state.Log = (*Log)(nil)
 
+// OpenLog binds the event stream, creating it first if c.Mode allows.
+func OpenLog(ctx context.Context, js jetstream.JetStream, c Config) (*Log, error) {
+	if _, err := Ensure(ctx, js, Resources{Streams: []jetstream.StreamConfig{EventStreamConfig(c)}}, c.Mode.open()); err != nil {
+		return nil, err
+	}
+	r, err := newReads(ctx, js, EventStream)
+	if err != nil {
+		return nil, err
+	}
+	return &Log{js: js, stream: EventStream, tracer: c.tracer(), reads: r}, nil
+}
+
 // Append implements state.Log: it publishes with Nats-Msg-Id set to e.ID and
-// returns after the stream's ack.
+// returns after the stream's ack. A moved log under e.IfLast is
+// state.ErrConflict, whatever code the server answered with.
 func (l *Log) Append(ctx context.Context, e state.Event) (uint64, bool, error) {
 	data, err := marshal.Marshal(e.Payload)
 	if err != nil {
@@ -46,11 +60,7 @@ func (l *Log) Append(ctx context.Context, e state.Event) (uint64, bool, error) {
 		opts = append(opts, jetstream.WithExpectLastSequenceForSubject(e.IfLast.Sequence, e.IfLast.Filter))
 	}
 	ack, err := l.js.PublishMsg(ctx, m, opts...)
-	if isConflict(err) {
-		err = fmt.Errorf("publish %s: %w", e.Subject, state.ErrConflict)
-	} else if err != nil {
-		err = fmt.Errorf("publish %s: %w", e.Subject, err)
-	}
+	err = classify("publish "+e.Subject, err)
 	endPublish(span, ack, err)
 	if err != nil {
 		return 0, false, err
@@ -61,11 +71,35 @@ func (l *Log) Append(ctx context.Context, e state.Event) (uint64, bool, error) {
 // historyBatch bounds one read; an order has a handful of events.
 const historyBatch = 1000
 
-// Read implements state.Log with a direct batch get, which needs no consumer.
+// Read implements state.Log. It sees every event acknowledged before it: on
+// an R1 stream one direct batch get; on a replicated stream the leader names
+// the last matching event first, and the direct batch get (which any replica
+// may answer) is used only if it reaches that event, else the events are
+// read from the leader one by one.
 func (l *Log) Read(ctx context.Context, filter string) ([]state.Record, error) {
+	if !l.reads.fromLeader(ctx) {
+		recs, err := l.readDirect(ctx, filter)
+		return recs, classify("read "+filter, err)
+	}
+	last, err := l.reads.leaderGet(ctx, msgGetRequest{LastFor: filter})
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, classify("read "+filter, err)
+	}
+	recs, err := l.readDirect(ctx, filter)
+	if err == nil && len(recs) > 0 && recs[len(recs)-1].Sequence >= last.Sequence {
+		return recs, nil
+	}
+	recs, err = l.readLeader(ctx, filter)
+	return recs, classify("read "+filter, err)
+}
+
+func (l *Log) readDirect(ctx context.Context, filter string) ([]state.Record, error) {
 	it, err := jetstreamext.GetBatch(ctx, l.js, l.stream, historyBatch, jetstreamext.GetBatchSubject(filter))
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", filter, err)
+		return nil, err
 	}
 	var out []state.Record
 	for m, err := range it {
@@ -73,15 +107,37 @@ func (l *Log) Read(ctx context.Context, filter string) ([]state.Record, error) {
 			break
 		}
 		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", filter, err)
+			return nil, err
 		}
-		out = append(out, state.Record{
-			Subject:  m.Subject,
-			Sequence: m.Sequence,
-			Time:     m.Time,
-			Type:     m.Header.Get(EventTypeHeader),
-			Data:     m.Data,
-		})
+		out = append(out, record(m))
 	}
 	return out, nil
+}
+
+// readLeader reads the matching events from the stream leader, one request
+// each: the slow path, for a replica that lags.
+func (l *Log) readLeader(ctx context.Context, filter string) ([]state.Record, error) {
+	var out []state.Record
+	for seq := uint64(1); len(out) < historyBatch; {
+		m, err := l.reads.leaderGet(ctx, msgGetRequest{NextFor: filter, Seq: seq})
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, record(m))
+		seq = m.Sequence + 1
+	}
+	return out, nil
+}
+
+func record(m *jetstream.RawStreamMsg) state.Record {
+	return state.Record{
+		Subject:  m.Subject,
+		Sequence: m.Sequence,
+		Time:     m.Time,
+		Type:     m.Header.Get(EventTypeHeader),
+		Data:     m.Data,
+	}
 }

@@ -17,6 +17,16 @@ var (
 	ErrConflict = errors.New("conflict")
 )
 
+// ErrUnavailable marks a failure that is not the function's: the store it
+// needs cannot answer right now (a leader election, a restarting server, a
+// lost quorum). It is transient (503), and the host retries it without
+// spending the function's attempts, for as long as its outage horizon
+// allows, so a failover never cancels an order.
+var ErrUnavailable = errors.New("unavailable")
+
+// IsUnavailable reports whether err is, or wraps, ErrUnavailable.
+func IsUnavailable(err error) bool { return errors.Is(err, ErrUnavailable) }
+
 // FieldError is bad input in one field. It wraps ErrInvalid.
 type FieldError struct {
 	// Field is the path of the field at fault, e.g. "items[0].quantity".
@@ -45,6 +55,8 @@ func Code(err error) int {
 		return 404
 	case errors.Is(err, ErrConflict):
 		return 409
+	case errors.Is(err, ErrUnavailable):
+		return 503
 	case errors.Is(err, context.DeadlineExceeded):
 		return 504
 	default:

@@ -25,6 +25,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 	"github.com/nats-io/nuid"
 
+	"github.com/orderflow/orderflow/runtime/durable"
 	"github.com/orderflow/orderflow/runtime/function"
 	"github.com/orderflow/orderflow/runtime/middleware"
 )
@@ -55,6 +56,7 @@ type Host struct {
 	// consuming is set once the triggers' consume loops run.
 	consuming bool
 	wg        sync.WaitGroup // calls and messages in flight
+	outageLog rateLimit
 }
 
 // New returns a Host on nc, which the caller owns and closes after Drain.
@@ -72,7 +74,7 @@ func New(nc *nats.Conn, opts ...Option) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Host{nc: nc, js: js, opts: o}, nil
+	return &Host{nc: nc, js: js, opts: o, outageLog: rateLimit{every: 5 * time.Second}}, nil
 }
 
 var semverRE = regexp.MustCompile(`^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$`)
@@ -144,15 +146,19 @@ func (h *Host) Add(svc function.Service, def function.Definition) error {
 			}
 		}
 		h.triggers = append(h.triggers, &trigger{
-			e:       e,
-			t:       t,
-			handler: function.Chain(t.Handler, msgChain...),
-			policy:  policy,
-			ackWait: h.opts.ackWait,
-			dead:    h.opts.dead,
-			log:     h.opts.log,
-			metrics: h.opts.metrics.forTrigger(subject, t.Durable),
-			done:    make(chan struct{}),
+			e:         e,
+			t:         t,
+			handler:   function.Chain(t.Handler, msgChain...),
+			policy:    policy,
+			ackWait:   h.opts.ackWait,
+			dead:      h.opts.dead,
+			log:       h.opts.log,
+			metrics:   h.opts.metrics.forTrigger(subject, t.Durable),
+			outage:    h.opts.outage,
+			provision: h.opts.provision,
+			outageLog: &h.outageLog,
+			quit:      make(chan struct{}),
+			done:      make(chan struct{}),
 		})
 	}
 	s.endpoints = append(s.endpoints, e)
@@ -186,6 +192,18 @@ func (h *Host) Subjects() []string {
 	return out
 }
 
+// Resources are the durable consumers of the registered triggers, as
+// `provision` creates them.
+func (h *Host) Resources() durable.Resources {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var r durable.Resources
+	for _, tr := range h.triggers {
+		r.Consumers = append(r.Consumers, tr.spec())
+	}
+	return r
+}
+
 // Start binds every trigger's consumer, then subscribes every endpoint and
 // the discovery verbs. It returns once the server has the subscriptions, so a
 // request sent after Start is served.
@@ -199,13 +217,25 @@ func (h *Host) Start(ctx context.Context) error {
 	if len(h.triggers) > 0 && h.opts.dead == nil {
 		return fmt.Errorf("%w: functions with triggers need a dead-letter sink (WithDeadLetters)", ErrConfig)
 	}
+	// Bound concurrently: on a fresh R3 cluster each create takes a
+	// round of consensus.
 	consumers := make([]jetstream.Consumer, len(h.triggers))
+	errs := make([]error, len(h.triggers))
+	var bound sync.WaitGroup
 	for i, tr := range h.triggers {
-		c, err := tr.bind(ctx, h.js)
-		if err != nil {
+		bound.Go(func() { consumers[i], errs[i] = tr.bind(ctx, h.js) })
+	}
+	bound.Wait()
+	for i, err := range errs {
+		// A consumer that cannot be bound yet (JetStream starting, not
+		// provisioned) is bound by its consume loop later; /readyz says
+		// which until then.
+		if err != nil && !function.IsUnavailable(err) && !errors.Is(err, durable.ErrMissing) {
 			return err
 		}
-		consumers[i] = c
+		if err != nil {
+			h.opts.log.Warn("consumer not bound yet; retrying", "consumer", h.triggers[i].t.Durable, "error", err)
+		}
 	}
 	for i, tr := range h.triggers {
 		go tr.run(h.js, consumers[i], &h.wg)

@@ -16,6 +16,8 @@ type Metrics struct {
 	inFlight *prometheus.GaugeVec
 	messages *prometheus.CounterVec
 	msgTime  *prometheus.HistogramVec
+	waiting  *prometheus.GaugeVec
+	waits    *prometheus.CounterVec
 }
 
 // NewMetrics creates the collectors and registers them with reg (nil: not
@@ -44,9 +46,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Time to handle one delivery of a triggered message.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 		}, []string{"function", "consumer"}),
+		waiting: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "orderflow", Name: "messages_waiting_on_jetstream",
+			Help: "Triggered messages whose handler is waiting for JetStream to be available again (an election, a restarting server); they spend no attempt meanwhile.",
+		}, []string{"function", "consumer"}),
+		waits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "orderflow", Name: "jetstream_unavailable_retries_total",
+			Help: "Handler calls repeated because JetStream was unavailable, without spending an attempt.",
+		}, []string{"function", "consumer"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.duration, m.inFlight, m.messages, m.msgTime)
+		reg.MustRegister(m.requests, m.duration, m.inFlight, m.messages, m.msgTime, m.waiting, m.waits)
 	}
 	return m
 }
@@ -55,10 +65,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 type trigMetrics struct {
 	outcomes map[string]prometheus.Counter
 	duration prometheus.Observer
+	waiting  prometheus.Gauge
+	waits    prometheus.Counter
 }
 
 func (m *Metrics) forTrigger(fn, consumer string) trigMetrics {
-	t := trigMetrics{outcomes: map[string]prometheus.Counter{}, duration: m.msgTime.WithLabelValues(fn, consumer)}
+	t := trigMetrics{outcomes: map[string]prometheus.Counter{}, duration: m.msgTime.WithLabelValues(fn, consumer),
+		waiting: m.waiting.WithLabelValues(fn, consumer), waits: m.waits.WithLabelValues(fn, consumer)}
 	for _, o := range []string{"ack", "retry", "dead_letter"} {
 		t.outcomes[o] = m.messages.WithLabelValues(fn, consumer, o)
 	}

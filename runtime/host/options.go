@@ -9,6 +9,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
+	"github.com/orderflow/orderflow/runtime/durable"
 	"github.com/orderflow/orderflow/runtime/function"
 	"github.com/orderflow/orderflow/runtime/retry"
 )
@@ -24,6 +25,8 @@ type options struct {
 	retryFor   map[string]retry.Policy
 	ackWait    time.Duration
 	tracer     trace.Tracer
+	outage     time.Duration
+	provision  durable.Mode
 }
 
 func defaults() options {
@@ -35,6 +38,7 @@ func defaults() options {
 		retry:   retry.Default,
 		ackWait: 30 * time.Second,
 		tracer:  noop.NewTracerProvider().Tracer(""),
+		outage:  2 * time.Minute,
 	}
 }
 
@@ -104,6 +108,34 @@ func WithAckWait(d time.Duration) Option {
 			return fmt.Errorf("%w: ack wait must be at least 300ms, got %s", ErrConfig, d)
 		}
 		o.ackWait = d
+		return nil
+	}
+}
+
+// WithOutageHorizon sets how long a triggered message whose handler finds
+// JetStream unavailable (function.ErrUnavailable: a leader election, a
+// restarting server, a lost quorum) is retried in place, without spending
+// an attempt of its function, before the failure counts as the function's
+// own (default 2m). It must stay inside the event stream's duplicate
+// window; the host's config checks that.
+func WithOutageHorizon(d time.Duration) Option {
+	return func(o *options) error {
+		if d < 0 {
+			return fmt.Errorf("%w: outage horizon must not be negative, got %s", ErrConfig, d)
+		}
+		o.outage = d
+		return nil
+	}
+}
+
+// WithProvisioning says what the host may do about a trigger's durable
+// consumer: create it when it is missing (durable.CreateMissing, the
+// default) or only find it (durable.Lookup: it waits, with /readyz failing,
+// until `provision` creates it). An existing consumer is never changed;
+// one that differs from its declaration is logged.
+func WithProvisioning(m durable.Mode) Option {
+	return func(o *options) error {
+		o.provision = m
 		return nil
 	}
 }

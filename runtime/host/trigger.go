@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	runtimev1 "github.com/orderflow/orderflow/proto/gen/runtime/v1"
+	"github.com/orderflow/orderflow/runtime/durable"
 	"github.com/orderflow/orderflow/runtime/function"
 	"github.com/orderflow/orderflow/runtime/retry"
 	"github.com/orderflow/orderflow/runtime/telemetry"
@@ -37,10 +38,17 @@ type trigger struct {
 	dead    DeadLetterSink
 	log     *slog.Logger
 	metrics trigMetrics
+	// outage bounds how long a message is retried in place while
+	// JetStream is unavailable; provision says whether bind may create the
+	// consumer.
+	outage    time.Duration
+	provision durable.Mode
+	outageLog *rateLimit
 
 	mu   sync.Mutex
 	iter jetstream.MessagesContext
 	stop bool
+	quit chan struct{} // closed by drain: stop waiting out an outage
 	done chan struct{} // closed when the consume loop has returned
 }
 
@@ -60,8 +68,28 @@ func (tr *trigger) consumerConfig() jetstream.ConsumerConfig {
 	}
 }
 
+func (tr *trigger) spec() durable.Consumer {
+	return durable.Consumer{Stream: tr.t.Stream, Config: tr.consumerConfig()}
+}
+
+// bind finds the trigger's consumer, creating it when it is missing and the
+// host may. An existing consumer is used as it is, so an operator's change
+// (or one by `provision`) is never reverted by a pod starting.
 func (tr *trigger) bind(ctx context.Context, js jetstream.JetStream) (jetstream.Consumer, error) {
-	c, err := js.CreateOrUpdateConsumer(ctx, tr.t.Stream, tr.consumerConfig())
+	mode := durable.CreateMissing
+	if tr.provision == durable.Lookup {
+		mode = durable.Lookup
+	}
+	acts, err := durable.Ensure(ctx, js, durable.Resources{Consumers: []durable.Consumer{tr.spec()}}, mode)
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range acts {
+		if a.Differs != "" {
+			tr.log.Warn("consumer differs from its declaration; `provision` updates it", "consumer", a.Name, "differs", a.Differs)
+		}
+	}
+	c, err := js.Consumer(ctx, tr.t.Stream, tr.t.Durable)
 	if err != nil {
 		return nil, fmt.Errorf("consumer %s on %s: %w", tr.t.Durable, tr.t.Stream, err)
 	}
@@ -145,6 +173,9 @@ func (tr *trigger) consume(c jetstream.Consumer, wg *sync.WaitGroup) bool {
 // drain stops pulling; messages already delivered to this pod are handled.
 func (tr *trigger) drain() {
 	tr.mu.Lock()
+	if !tr.stop {
+		close(tr.quit)
+	}
 	tr.stop = true
 	it := tr.iter
 	tr.mu.Unlock()
@@ -194,7 +225,10 @@ func (tr *trigger) handle(msg jetstream.Msg) {
 		Trigger:  tr.t.Durable,
 	})
 
+	stopProgress := tr.keepInProgress(msg)
 	err := tr.call(ctx, msg)
+	err, outage := tr.rideOut(ctx, msg, err)
+	stopProgress()
 
 	outcome := "ack"
 	switch {
@@ -202,6 +236,11 @@ func (tr *trigger) handle(msg jetstream.Msg) {
 		if aerr := msg.Ack(); aerr != nil {
 			tr.log.WarnContext(ctx, "ack failed; the message will be redelivered", "error", aerr)
 		}
+	case outage:
+		// Draining while JetStream is out: another pod takes the message
+		// soon after. Never a dead letter for an outage.
+		outcome = "retry"
+		_ = msg.NakWithDelay(tr.policy.Backoff(1))
 	case (!function.IsPermanent(err) || notYetFound(err, attempt)) && !tr.policy.Exhausted(attempt):
 		outcome = "retry"
 		if nerr := msg.NakWithDelay(tr.policy.Backoff(attempt)); nerr != nil {
@@ -234,9 +273,62 @@ func (tr *trigger) call(ctx context.Context, msg jetstream.Msg) error {
 		return function.Invalid("body", "cannot decode %s: %v", tr.t.Event.FullName(), err)
 	}
 	annotateOrderID(ctx, ev)
-	defer tr.keepInProgress(msg)()
 	_, err := tr.handler(ctx, ev)
 	return err
+}
+
+// rideOut calls the handler again, with backoff, while it fails because
+// JetStream is unavailable, for up to the outage horizon: an election or a
+// restarting server is not the function's failure, so it must not spend
+// the function's attempts (the server counts deliveries, so the wait
+// happens here, with the message kept in progress). outage reports that
+// the host is draining with the outage not over; after the horizon the
+// error counts as the function's own.
+func (tr *trigger) rideOut(ctx context.Context, msg jetstream.Msg, err error) (_ error, outage bool) {
+	if !function.IsUnavailable(err) || tr.outage <= 0 {
+		return err, false
+	}
+	tr.metrics.waiting.Inc()
+	defer tr.metrics.waiting.Dec()
+	start := time.Now()
+	for wait := 100 * time.Millisecond; function.IsUnavailable(err); wait = min(2*wait, 2*time.Second) {
+		waited := time.Since(start)
+		if waited >= tr.outage {
+			return err, false
+		}
+		if tr.outageLog.allow() {
+			tr.log.WarnContext(ctx, "JetStream unavailable; waiting without spending attempts",
+				"consumer", tr.t.Durable, "waited", waited.Round(time.Millisecond), "horizon", tr.outage, "error", err)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-tr.quit:
+			t.Stop()
+			return err, true
+		}
+		tr.metrics.waits.Inc()
+		err = tr.call(ctx, msg)
+	}
+	return err, false
+}
+
+// rateLimit lets one event through per interval, for log lines that an
+// outage would otherwise repeat for every message.
+type rateLimit struct {
+	every time.Duration
+	mu    sync.Mutex
+	last  time.Time
+}
+
+func (r *rateLimit) allow() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if now := time.Now(); now.Sub(r.last) >= r.every {
+		r.last = now
+		return true
+	}
+	return false
 }
 
 // keepInProgress tells the server every AckWait/3 that msg is still being

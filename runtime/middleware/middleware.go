@@ -83,17 +83,27 @@ func Logging(log *slog.Logger) function.Middleware {
 
 // Retry retries a call that failed with a transient error, with p's backoff,
 // while attempts remain and the deadline allows the next wait. Permanent
-// errors (4xx) are never retried. It is for the request path; triggered
-// messages are retried by redelivery instead, which survives a pod's death.
+// errors (4xx) are never retried. A failure because JetStream is unavailable
+// (function.ErrUnavailable) spends no attempt: it is retried until the
+// deadline, so a request rides out a short failover. A policy of one
+// attempt (a function that is not idempotent) never retries. It is for the
+// request path; triggered messages are retried by redelivery instead, which
+// survives a pod's death.
 func Retry(p retry.Policy) function.Middleware {
 	return func(next function.Handler) function.Handler {
 		return func(ctx context.Context, req proto.Message) (proto.Message, error) {
-			for attempt := 1; ; attempt++ {
+			for attempt, tries := 1, 1; ; tries++ {
 				resp, err := next(ctx, req)
-				if err == nil || function.IsPermanent(err) || p.Exhausted(attempt) || ctx.Err() != nil {
+				if err == nil || function.IsPermanent(err) || ctx.Err() != nil || p.MaxAttempts == 1 {
 					return resp, err
 				}
-				wait := p.Backoff(attempt)
+				if !function.IsUnavailable(err) {
+					if p.Exhausted(attempt) {
+						return resp, err
+					}
+					attempt++
+				}
+				wait := p.Backoff(tries)
 				if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
 					return resp, err
 				}

@@ -1,0 +1,300 @@
+package durable
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Resources are the streams, KV buckets and durable consumers a set of
+// functions needs.
+type Resources struct {
+	Streams   []jetstream.StreamConfig
+	Buckets   []jetstream.KeyValueConfig
+	Consumers []Consumer
+}
+
+// Consumer is a durable consumer on a stream.
+type Consumer struct {
+	Stream string
+	Config jetstream.ConsumerConfig
+}
+
+// StreamNames lists every stream of r, a bucket's by its stream name.
+func (r Resources) StreamNames() []string {
+	var out []string
+	for _, s := range r.Streams {
+		out = append(out, s.Name)
+	}
+	for _, b := range r.Buckets {
+		out = append(out, BucketStream(b.Bucket))
+	}
+	return out
+}
+
+// Mode is what a process may do to the resources it needs.
+type Mode int
+
+const (
+	// CreateMissing creates what does not exist and never changes what
+	// does: a serving pod must not rewrite an operator's configuration.
+	CreateMissing Mode = iota
+	// Lookup only finds resources; a missing one is an error that names it.
+	// For pods whose identity may not manage JetStream.
+	Lookup
+	// Apply creates what is missing and updates what differs from its
+	// declaration: `provision`.
+	Apply
+)
+
+func (m Mode) String() string {
+	switch m {
+	case CreateMissing:
+		return "create-missing"
+	case Lookup:
+		return "lookup"
+	case Apply:
+		return "apply"
+	}
+	return fmt.Sprintf("Mode(%d)", int(m))
+}
+
+// ErrMissing is returned in Lookup mode for a resource that does not exist.
+var ErrMissing = errors.New("does not exist: run `orderflow provision`")
+
+// Action is what Ensure did, or found, for one resource.
+type Action struct {
+	Kind string // "stream", "bucket" or "consumer"
+	Name string
+	// Did is "created", "updated" or "exists".
+	Did string
+	// Differs, for a resource left as it was, says how it differs from its
+	// declaration ("replicas 1, declared 3").
+	Differs string
+}
+
+func (a Action) String() string {
+	s := a.Kind + " " + a.Name + " " + a.Did
+	if a.Differs != "" {
+		s += " (differs from its declaration: " + a.Differs + ")"
+	}
+	return s
+}
+
+// Ensure makes every resource of r exist as mode allows, streams and
+// buckets first, then consumers, each kind concurrently. Creating instead
+// of create-or-update matters on a fresh cluster: an update that reaches
+// the meta leader while an identical create from another pod is in flight
+// gets no reply, and every pod but one would wait out its timeout.
+func Ensure(ctx context.Context, js jetstream.JetStream, r Resources, mode Mode) ([]Action, error) {
+	var (
+		mu      sync.Mutex
+		actions []Action
+		errs    []error
+		wg      sync.WaitGroup
+	)
+	run := func(fn func() (Action, error)) {
+		wg.Go(func() {
+			a, err := fn()
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, err)
+				return
+			}
+			actions = append(actions, a)
+		})
+	}
+	for _, cfg := range r.Streams {
+		run(func() (Action, error) { return ensureStream(ctx, js, cfg, mode) })
+	}
+	for _, cfg := range r.Buckets {
+		run(func() (Action, error) { return ensureBucket(ctx, js, cfg, mode) })
+	}
+	wg.Wait()
+	if len(errs) == 0 {
+		for _, c := range r.Consumers {
+			run(func() (Action, error) { return ensureConsumer(ctx, js, c, mode) })
+		}
+		wg.Wait()
+	}
+	slices.SortFunc(actions, func(a, b Action) int {
+		if a.Kind != b.Kind {
+			return kindOrder(a.Kind) - kindOrder(b.Kind)
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	return actions, errors.Join(errs...)
+}
+
+func kindOrder(k string) int { return slices.Index([]string{"stream", "bucket", "consumer"}, k) }
+
+func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig, mode Mode) (Action, error) {
+	a := Action{Kind: "stream", Name: cfg.Name, Did: "exists"}
+	s, err := js.Stream(ctx, cfg.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		if mode == Lookup {
+			return a, fmt.Errorf("stream %s %w", cfg.Name, ErrMissing)
+		}
+		_, err = js.CreateStream(ctx, cfg)
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			// Another pod created it first, maybe otherwise configured.
+			s, err = js.Stream(ctx, cfg.Name)
+		} else if err == nil {
+			a.Did = "created"
+			return a, nil
+		}
+	}
+	if err != nil {
+		return a, classify("stream "+cfg.Name, err)
+	}
+	have := s.CachedInfo().Config
+	a.Differs = streamDiff(have, cfg)
+	if a.Differs != "" && mode == Apply {
+		if _, err := js.UpdateStream(ctx, withKept(cfg, have)); err != nil {
+			return a, classify("update stream "+cfg.Name, err)
+		}
+		a.Did, a.Differs = "updated", ""
+	}
+	return a, nil
+}
+
+// withKept is cfg with the settings of have that orderflow does not
+// declare, so that an update changes only what orderflow owns.
+func withKept(cfg, have jetstream.StreamConfig) jetstream.StreamConfig {
+	cfg.MaxAge, cfg.MaxBytes, cfg.MaxMsgs, cfg.MaxMsgsPerSubject = have.MaxAge, have.MaxBytes, have.MaxMsgs, have.MaxMsgsPerSubject
+	cfg.Placement = have.Placement
+	return cfg
+}
+
+// streamDiff says how have differs from want in what orderflow declares.
+func streamDiff(have, want jetstream.StreamConfig) string {
+	var d []string
+	if have.Replicas != want.Replicas {
+		d = append(d, fmt.Sprintf("replicas %d, declared %d", have.Replicas, want.Replicas))
+	}
+	if !slices.Equal(have.Subjects, want.Subjects) {
+		d = append(d, fmt.Sprintf("subjects %v, declared %v", have.Subjects, want.Subjects))
+	}
+	if want.Duplicates > 0 && have.Duplicates != want.Duplicates {
+		d = append(d, fmt.Sprintf("duplicate window %s, declared %s", have.Duplicates, want.Duplicates))
+	}
+	if have.AllowDirect != want.AllowDirect {
+		d = append(d, fmt.Sprintf("allow direct %t, declared %t", have.AllowDirect, want.AllowDirect))
+	}
+	return strings.Join(d, "; ")
+}
+
+func ensureBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig, mode Mode) (Action, error) {
+	a := Action{Kind: "bucket", Name: cfg.Bucket, Did: "exists"}
+	kv, err := js.KeyValue(ctx, cfg.Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		if mode == Lookup {
+			return a, fmt.Errorf("bucket %s %w", cfg.Bucket, ErrMissing)
+		}
+		_, err = js.CreateKeyValue(ctx, cfg)
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			kv, err = js.KeyValue(ctx, cfg.Bucket)
+		} else if err == nil {
+			a.Did = "created"
+			return a, nil
+		}
+	}
+	if err != nil {
+		return a, classify("bucket "+cfg.Bucket, err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return a, classify("bucket "+cfg.Bucket, err)
+	}
+	have := st.Config()
+	var d []string
+	if have.Replicas != cfg.Replicas {
+		d = append(d, fmt.Sprintf("replicas %d, declared %d", have.Replicas, cfg.Replicas))
+	}
+	if have.History != cfg.History {
+		d = append(d, fmt.Sprintf("history %d, declared %d", have.History, cfg.History))
+	}
+	a.Differs = strings.Join(d, "; ")
+	if a.Differs != "" && mode == Apply {
+		cfg.TTL, cfg.MaxBytes = have.TTL, have.MaxBytes
+		if _, err := js.UpdateKeyValue(ctx, cfg); err != nil {
+			return a, classify("update bucket "+cfg.Bucket, err)
+		}
+		a.Did, a.Differs = "updated", ""
+	}
+	return a, nil
+}
+
+func ensureConsumer(ctx context.Context, js jetstream.JetStream, c Consumer, mode Mode) (Action, error) {
+	a := Action{Kind: "consumer", Name: c.Stream + "/" + c.Config.Durable, Did: "exists"}
+	cons, err := js.Consumer(ctx, c.Stream, c.Config.Durable)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		if mode == Lookup {
+			return a, fmt.Errorf("consumer %s %w", a.Name, ErrMissing)
+		}
+		_, err = js.CreateConsumer(ctx, c.Stream, c.Config)
+		if errors.Is(err, jetstream.ErrConsumerExists) {
+			cons, err = js.Consumer(ctx, c.Stream, c.Config.Durable)
+		} else if err == nil {
+			a.Did = "created"
+			return a, nil
+		}
+	}
+	if err != nil {
+		return a, classify("consumer "+a.Name, err)
+	}
+	a.Differs = ConsumerDiff(cons.CachedInfo().Config, c.Config)
+	if a.Differs != "" && mode == Apply {
+		if _, err := js.UpdateConsumer(ctx, c.Stream, c.Config); err != nil {
+			return a, classify("update consumer "+a.Name, err)
+		}
+		a.Did, a.Differs = "updated", ""
+	}
+	return a, nil
+}
+
+// ConsumerDiff says how have differs from want in what orderflow declares.
+func ConsumerDiff(have, want jetstream.ConsumerConfig) string {
+	var d []string
+	if have.FilterSubject != want.FilterSubject {
+		d = append(d, fmt.Sprintf("filter %q, declared %q", have.FilterSubject, want.FilterSubject))
+	}
+	if have.AckWait != want.AckWait {
+		d = append(d, fmt.Sprintf("ack wait %s, declared %s", have.AckWait, want.AckWait))
+	}
+	if want.MaxAckPending > 0 && have.MaxAckPending != want.MaxAckPending {
+		d = append(d, fmt.Sprintf("max ack pending %d, declared %d", have.MaxAckPending, want.MaxAckPending))
+	}
+	if want.Replicas > 0 && have.Replicas != want.Replicas {
+		d = append(d, fmt.Sprintf("replicas %d, declared %d", have.Replicas, want.Replicas))
+	}
+	return strings.Join(d, "; ")
+}
+
+// Check reports, for readiness probes, every stream of r that is missing,
+// by name.
+func Check(ctx context.Context, js jetstream.JetStream, r Resources) error {
+	var errs []error
+	for _, name := range r.StreamNames() {
+		if _, err := js.Stream(ctx, name); err != nil {
+			errs = append(errs, fmt.Errorf("stream %s: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// open is the mode a store is opened with: it may create what is missing
+// unless the mode is Lookup, and never updates (that is Ensure's, with
+// Apply).
+func (m Mode) open() Mode {
+	if m == Lookup {
+		return Lookup
+	}
+	return CreateMissing
+}
