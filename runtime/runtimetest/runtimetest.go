@@ -7,7 +7,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -195,5 +198,169 @@ func Stats(t testing.TB, nc *nats.Conn, service string) []micro.Stats {
 			t.Fatal(err)
 		}
 		out = append(out, st)
+	}
+}
+
+// Cluster is a JetStream cluster of embedded servers on loopback, for
+// tests of what orderflow promises on R3: each server has its own store
+// and ports, and can be stopped and started again on the same store.
+type Cluster struct {
+	t       testing.TB
+	opts    []*server.Options
+	Servers []*server.Server
+}
+
+// StartCluster runs an n-node JetStream cluster and waits until it has a
+// meta leader. It is shut down when the test ends.
+func StartCluster(t testing.TB, n int, opts ...Option) *Cluster {
+	t.Helper()
+	c := &Cluster{t: t, opts: make([]*server.Options, n), Servers: make([]*server.Server, n)}
+	clientPorts, routePorts := FreePorts(t, n), FreePorts(t, n)
+	var routes []*url.URL
+	for _, p := range routePorts {
+		routes = append(routes, &url.URL{Scheme: "nats", Host: fmt.Sprintf("127.0.0.1:%d", p)})
+	}
+	for i := range n {
+		o := &server.Options{
+			ServerName: fmt.Sprintf("n%d", i+1),
+			Host:       "127.0.0.1",
+			Port:       clientPorts[i],
+			JetStream:  true,
+			StoreDir:   t.TempDir(),
+			NoLog:      true,
+			NoSigs:     true,
+			Cluster:    server.ClusterOpts{Name: "orderflow-test", Host: "127.0.0.1", Port: routePorts[i]},
+			Routes:     routes,
+		}
+		for _, opt := range opts {
+			opt(o)
+		}
+		c.opts[i] = o
+	}
+	for i := range n {
+		c.Start(i)
+	}
+	t.Cleanup(func() {
+		for i := range c.Servers {
+			c.Stop(i)
+		}
+	})
+	c.WaitMetaLeader()
+	return c
+}
+
+// FreePorts returns n TCP ports free on loopback right now.
+func FreePorts(t testing.TB, n int) []int {
+	t.Helper()
+	var out []int
+	var ls []net.Listener
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+		out = append(out, l.Addr().(*net.TCPAddr).Port)
+	}
+	for _, l := range ls {
+		l.Close()
+	}
+	return out
+}
+
+// Start starts server i (again), on its store.
+func (c *Cluster) Start(i int) {
+	c.t.Helper()
+	s, err := server.NewServer(c.opts[i].Clone())
+	if err != nil {
+		c.t.Fatalf("nats server %d: %v", i, err)
+	}
+	s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		c.t.Fatalf("nats server %d not ready", i)
+	}
+	c.Servers[i] = s
+}
+
+// Stop shuts server i down.
+func (c *Cluster) Stop(i int) {
+	if s := c.Servers[i]; s != nil {
+		s.Shutdown()
+		s.WaitForShutdown()
+		c.Servers[i] = nil
+	}
+}
+
+// URLs is every server's client URL, comma separated, as NATS_URL takes it.
+func (c *Cluster) URLs() string {
+	var out []string
+	for _, o := range c.opts {
+		out = append(out, fmt.Sprintf("nats://127.0.0.1:%d", o.Port))
+	}
+	return strings.Join(out, ",")
+}
+
+// Connect opens a client connection to any server of the cluster.
+func (c *Cluster) Connect() *nats.Conn {
+	c.t.Helper()
+	nc, err := nats.Connect(c.URLs(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	if err != nil {
+		c.t.Fatalf("connect: %v", err)
+	}
+	c.t.Cleanup(nc.Close)
+	return nc
+}
+
+// WaitMetaLeader waits until the running servers agree on a meta leader.
+func (c *Cluster) WaitMetaLeader() {
+	c.t.Helper()
+	c.waitFor("a meta leader", func() int {
+		for i, s := range c.Servers {
+			if s != nil && s.JetStreamIsLeader() {
+				return i
+			}
+		}
+		return -1
+	})
+}
+
+// StreamLeader returns the index of the server leading stream in the
+// global account, waiting for one to be elected.
+func (c *Cluster) StreamLeader(stream string) int {
+	c.t.Helper()
+	return c.waitFor("a leader of stream "+stream, func() int {
+		for i, s := range c.Servers {
+			if s != nil && s.JetStreamIsStreamLeader(server.DEFAULT_GLOBAL_ACCOUNT, stream) {
+				return i
+			}
+		}
+		return -1
+	})
+}
+
+// MetaLeader returns the index of the meta leader.
+func (c *Cluster) MetaLeader() int {
+	c.t.Helper()
+	return c.waitFor("a meta leader", func() int {
+		for i, s := range c.Servers {
+			if s != nil && s.JetStreamIsLeader() {
+				return i
+			}
+		}
+		return -1
+	})
+}
+
+func (c *Cluster) waitFor(what string, find func() int) int {
+	c.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if i := find(); i >= 0 {
+			return i
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("cluster has no %s after 30s", what)
+		}
+		time.Sleep(25 * time.Millisecond)
 	}
 }
