@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -136,18 +137,22 @@ func kindOrder(k string) int { return slices.Index([]string{"stream", "bucket", 
 
 func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig, mode Mode) (Action, error) {
 	a := Action{Kind: "stream", Name: cfg.Name, Did: "exists"}
-	s, err := js.Stream(ctx, cfg.Name)
+	var s jetstream.Stream
+	lookup := func(ctx context.Context) (err error) { s, err = js.Stream(ctx, cfg.Name); return err }
+	err := call(ctx, lookup)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		if mode == Lookup {
 			return a, fmt.Errorf("stream %s %w", cfg.Name, ErrMissing)
 		}
-		_, err = js.CreateStream(ctx, cfg)
-		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-			// Another pod created it first, maybe otherwise configured.
-			s, err = js.Stream(ctx, cfg.Name)
-		} else if err == nil {
+		err = once(ctx, func(ctx context.Context) error { _, err := js.CreateStream(ctx, cfg); return err })
+		if err == nil {
 			a.Did = "created"
 			return a, nil
+		}
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) || IsUnavailable(err) {
+			// Another pod created it first (maybe otherwise configured),
+			// or the create is still being applied.
+			err = call(ctx, lookup)
 		}
 	}
 	if err != nil {
@@ -162,6 +167,40 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.Str
 		a.Did, a.Differs = "updated", ""
 	}
 	return a, nil
+}
+
+// callWait bounds one management request. On a fresh cluster, a create
+// that reaches the meta leader while an identical one from another pod is
+// in flight gets no reply, though the resource is created, and the info of
+// a stream still being placed is not answered either: rather than wait out
+// the caller's whole deadline, give up on the request soon and ask again.
+const callWait = 2 * time.Second
+
+// call runs fn with a deadline of callWait, again while it finds JetStream
+// unavailable and ctx allows. "Not found" is an answer here, not an outage.
+func call(ctx context.Context, fn func(context.Context) error) error {
+	for {
+		err := once(ctx, fn)
+		if !IsUnavailable(err) || notFound(err) || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func notFound(err error) bool {
+	return errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound)
+}
+
+// once runs fn with a deadline of callWait.
+func once(ctx context.Context, fn func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, callWait)
+	defer cancel()
+	return fn(ctx)
 }
 
 // withKept is cfg with the settings of have that orderflow does not
@@ -192,23 +231,28 @@ func streamDiff(have, want jetstream.StreamConfig) string {
 
 func ensureBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig, mode Mode) (Action, error) {
 	a := Action{Kind: "bucket", Name: cfg.Bucket, Did: "exists"}
-	kv, err := js.KeyValue(ctx, cfg.Bucket)
+	var st jetstream.KeyValueStatus
+	lookup := func(ctx context.Context) error {
+		kv, err := js.KeyValue(ctx, cfg.Bucket)
+		if err == nil {
+			st, err = kv.Status(ctx)
+		}
+		return err
+	}
+	err := call(ctx, lookup)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		if mode == Lookup {
 			return a, fmt.Errorf("bucket %s %w", cfg.Bucket, ErrMissing)
 		}
-		_, err = js.CreateKeyValue(ctx, cfg)
-		if errors.Is(err, jetstream.ErrBucketExists) {
-			kv, err = js.KeyValue(ctx, cfg.Bucket)
-		} else if err == nil {
+		err = once(ctx, func(ctx context.Context) error { _, err := js.CreateKeyValue(ctx, cfg); return err })
+		if err == nil {
 			a.Did = "created"
 			return a, nil
 		}
+		if errors.Is(err, jetstream.ErrBucketExists) || IsUnavailable(err) {
+			err = call(ctx, lookup)
+		}
 	}
-	if err != nil {
-		return a, classify("bucket "+cfg.Bucket, err)
-	}
-	st, err := kv.Status(ctx)
 	if err != nil {
 		return a, classify("bucket "+cfg.Bucket, err)
 	}
@@ -233,17 +277,23 @@ func ensureBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.Key
 
 func ensureConsumer(ctx context.Context, js jetstream.JetStream, c Consumer, mode Mode) (Action, error) {
 	a := Action{Kind: "consumer", Name: c.Stream + "/" + c.Config.Durable, Did: "exists"}
-	cons, err := js.Consumer(ctx, c.Stream, c.Config.Durable)
+	var cons jetstream.Consumer
+	lookup := func(ctx context.Context) (err error) {
+		cons, err = js.Consumer(ctx, c.Stream, c.Config.Durable)
+		return err
+	}
+	err := call(ctx, lookup)
 	if errors.Is(err, jetstream.ErrConsumerNotFound) {
 		if mode == Lookup {
 			return a, fmt.Errorf("consumer %s %w", a.Name, ErrMissing)
 		}
-		_, err = js.CreateConsumer(ctx, c.Stream, c.Config)
-		if errors.Is(err, jetstream.ErrConsumerExists) {
-			cons, err = js.Consumer(ctx, c.Stream, c.Config.Durable)
-		} else if err == nil {
+		err = once(ctx, func(ctx context.Context) error { _, err := js.CreateConsumer(ctx, c.Stream, c.Config); return err })
+		if err == nil {
 			a.Did = "created"
 			return a, nil
+		}
+		if errors.Is(err, jetstream.ErrConsumerExists) || IsUnavailable(err) {
+			err = call(ctx, lookup)
 		}
 	}
 	if err != nil {

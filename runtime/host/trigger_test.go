@@ -261,3 +261,48 @@ func TestTriggerSlowHandlerIsNotRedelivered(t *testing.T) {
 		t.Errorf("handler ran %d times, want once", n)
 	}
 }
+
+// An outage (function.ErrUnavailable) is not the function's failure: the
+// message is retried in place, kept in progress, for longer than its
+// attempts would last, and acked once JetStream answers again; it spends no
+// attempt and is never dead-lettered.
+func TestTriggerRidesOutAnOutage(t *testing.T) {
+	env := newTriggerEnv(t)
+	var calls atomic.Int32
+	var attempts []int
+	var mu sync.Mutex
+	env.startTriggered(t, func(ctx context.Context, ev *ordersv1.StockSold) error {
+		mu.Lock()
+		attempts = append(attempts, function.CallFrom(ctx).Attempt)
+		mu.Unlock()
+		if calls.Add(1) <= 5 { // quick allows 3 attempts
+			return fmt.Errorf("publish: %w: no response from stream", function.ErrUnavailable)
+		}
+		return nil
+	}, host.WithOutageHorizon(time.Minute))
+	env.publish(t, "EV.o-1", &ordersv1.StockSold{OrderId: "o-1"})
+	env.waitIdle(t)
+	waitFor(t, func() bool { return triggerStats(t, env.nc).Acked == 1 })
+	if fmt.Sprint(attempts) != "[1 1 1 1 1 1]" {
+		t.Errorf("attempts %v, want six calls of the first delivery", attempts)
+	}
+	if st := triggerStats(t, env.nc); st.DeadLetters != 0 || st.Retries != 0 {
+		t.Errorf("stats %+v, want an ack with no retry and no dead letter", st)
+	}
+}
+
+// Past the outage horizon the failure counts as the function's own: the
+// attempts are spent and the message is dead-lettered as any other.
+func TestTriggerOutageHorizon(t *testing.T) {
+	env := newTriggerEnv(t)
+	var calls atomic.Int32
+	env.startTriggered(t, func(ctx context.Context, ev *ordersv1.StockSold) error {
+		calls.Add(1)
+		return fmt.Errorf("publish: %w", function.ErrUnavailable)
+	}, host.WithOutageHorizon(150*time.Millisecond))
+	env.publish(t, "EV.o-1", &ordersv1.StockSold{OrderId: "o-1"})
+	waitFor(t, func() bool { return triggerStats(t, env.nc).DeadLetters == 1 })
+	if st := triggerStats(t, env.nc); st.Retries != 2 || calls.Load() < 6 {
+		t.Errorf("stats %+v after %d calls, want 3 attempts of several calls each, then a dead letter", st, calls.Load())
+	}
+}
