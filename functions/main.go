@@ -459,11 +459,14 @@ func logActions(log *slog.Logger, actions []durable.Action, recreated bool) {
 	}
 }
 
+// keepEvery is how often keepResources looks.
+var keepEvery = 5 * time.Second
+
 // keepResources re-creates a stream or bucket that disappears while the
 // host runs (an operator's delete, a store lost), until ctx ends. The
 // triggers bind their consumers again by themselves.
 func keepResources(ctx context.Context, js jetstream.JetStream, res durable.Resources, log *slog.Logger) {
-	t := time.NewTicker(5 * time.Second)
+	t := time.NewTicker(keepEvery)
 	defer t.Stop()
 	for {
 		select {

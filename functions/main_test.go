@@ -462,3 +462,40 @@ func TestFunctionsSelectsWhatAPodHosts(t *testing.T) {
 		t.Errorf("unknown function: %v, want an error naming FUNCTIONS", err)
 	}
 }
+
+// In the open dev mode a stream deleted under a running host makes /readyz
+// fail and name it, is re-created, and the saga runs on it again.
+func TestDeletedStreamIsRecreated(t *testing.T) {
+	defer func(d time.Duration) { keepEvery = d }(keepEvery)
+	keepEvery = 300 * time.Millisecond
+	s := startSystem(t)
+	s.restock(t, "SKU-1", 10)
+	if err := s.js.DeleteStream(context.Background(), "ORDERS"); err != nil {
+		t.Fatal(err)
+	}
+	base := "http://" + s.sys.httpAddr
+	sawMissing := false
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(base + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == 503 && strings.Contains(string(body), "stream ORDERS") {
+			sawMissing = true
+		}
+		if resp.StatusCode == 200 && sawMissing {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz: %d %s (saw ORDERS missing: %t)", resp.StatusCode, body, sawMissing)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	id := s.create(t, validOrder())
+	if got := s.awaitTerminal(t, id).GetOrder().GetStatus(); got != confirmed {
+		t.Errorf("order after the stream came back: %s", got)
+	}
+}

@@ -351,3 +351,117 @@ func TestBinaryRejectsBadConfig(t *testing.T) {
 		}
 	}
 }
+
+// httpGet returns the status and body of a GET.
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+// `orderflow provision` creates every stream, bucket and consumer and
+// updates what differs from its declaration; serving pods only look them up
+// (CREATE_MISSING=false) and never revert an operator's change; a stream
+// that disappears makes /readyz fail and name it until it is back.
+func TestProvision(t *testing.T) {
+	ctx := context.Background()
+	srv := runtimetest.StartNATS(t)
+	js := runtimetest.JetStream(t, runtimetest.Connect(t, srv))
+	bin, _ := binaries(t)
+	provision := func(env ...string) string {
+		t.Helper()
+		cmd := exec.Command(bin, "provision")
+		cmd.Env = append(os.Environ(), append([]string{"NATS_URL=" + srv.ClientURL()}, env...)...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("provision: %v\n%s", err, out)
+		}
+		return string(out)
+	}
+
+	out := provision()
+	for _, want := range []string{"stream ORDERS created", "stream DEADLETTERS created", "bucket stock created",
+		"consumer ORDERS/inventory-reserve created", "consumer DEADLETTERS/orders-compensate created",
+		"provisioned 2 streams, 3 buckets, 7 consumers with 1 replicas"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("provision output lacks %q:\n%s", want, out)
+		}
+	}
+	if out := provision(); !strings.Contains(out, "stream ORDERS exists") || strings.Contains(out, "created") {
+		t.Errorf("a second provision changed something:\n%s", out)
+	}
+
+	// An operator's changes.
+	s, err := js.Stream(ctx, "ORDERS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	cfg.MaxAge = 720 * time.Hour
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	c, err := js.Consumer(ctx, "ORDERS", "inventory-reserve")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ccfg := c.CachedInfo().Config
+	ccfg.AckWait = 45 * time.Second
+	if _, err := js.UpdateConsumer(ctx, "ORDERS", ccfg); err != nil {
+		t.Fatal(err)
+	}
+
+	p := startBinary(t, t.TempDir(), "NATS_URL="+srv.ClientURL(), "CREATE_MISSING=false")
+	checkTour(t, p)
+	if !strings.Contains(p.out.String(), "differs from its declaration") {
+		t.Errorf("the host did not say the consumer differs:\n%s", p.out)
+	}
+	kept := func(wantAckWait time.Duration) {
+		t.Helper()
+		s, _ := js.Stream(ctx, "ORDERS")
+		c, _ := js.Consumer(ctx, "ORDERS", "inventory-reserve")
+		if got := s.CachedInfo().Config.MaxAge; got != 720*time.Hour {
+			t.Errorf("ORDERS max age %s, want the operator's 720h", got)
+		}
+		if got := c.CachedInfo().Config.AckWait; got != wantAckWait {
+			t.Errorf("inventory-reserve ack wait %s, want %s", got, wantAckWait)
+		}
+	}
+	kept(45 * time.Second)
+
+	// Provisioning applies the declarations, keeping what orderflow does not
+	// declare (retention).
+	if out := provision(); !strings.Contains(out, "consumer ORDERS/inventory-reserve updated") {
+		t.Errorf("provision did not update the consumer:\n%s", out)
+	}
+	kept(30 * time.Second)
+
+	// A stream deleted under a pod that may not create it: /readyz names
+	// it until provisioning puts it back, and the pod binds again.
+	if err := js.DeleteStream(ctx, "DEADLETTERS"); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := httpGet(t, "http://"+p.httpAddr+"/readyz"); code != 503 || !strings.Contains(body, "DEADLETTERS") {
+		t.Errorf("/readyz with DEADLETTERS gone: %d %s", code, body)
+	}
+	provision()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		code, body := httpGet(t, "http://"+p.httpAddr+"/readyz")
+		if code == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz after provisioning again: %d %s", code, body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if code, _ := p.stop(t); code != 0 {
+		t.Errorf("SIGTERM: exit %d", code)
+	}
+}
