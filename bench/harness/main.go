@@ -47,6 +47,7 @@ type options struct {
 	skus     int
 	profileS int
 	modes    []string
+	cluster  bool
 }
 
 func main() {
@@ -62,6 +63,7 @@ func main() {
 	flag.IntVar(&o.skus, "skus", 256, "SKUs the orders spread over")
 	flag.IntVar(&o.profileS, "profile", 8, "seconds of host CPU profile taken at full load (0: none)")
 	flag.StringVar(&modes, "modes", "always,default", "fsync modes to run: always (nats.conf) and default (2 min)")
+	flag.BoolVar(&o.cluster, "cluster", true, "also measure a 3-node R3 cluster (deploy/cluster), with fsync always")
 	flag.Parse()
 	for _, f := range strings.Split(levels, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
@@ -126,6 +128,18 @@ func run(o options) error {
 			return fmt.Errorf("mode %s: %w", mode, err)
 		}
 		rep.Modes = append(rep.Modes, m)
+	}
+	if o.cluster {
+		// As many clients as the best R1 row with fsync always, to compare.
+		clients := o.levels[len(o.levels)-1]
+		if m, ok := rep.mode("always"); ok && m.Best.Clients > 0 {
+			clients = m.Best.Clients
+		}
+		c, err := runCluster(o, b, filepath.Join(tmp, "r3"), clients)
+		if err != nil {
+			return fmt.Errorf("cluster: %w", err)
+		}
+		rep.Cluster = &c
 	}
 	if err := os.MkdirAll(filepath.Dir(o.svg), 0o755); err != nil {
 		return err

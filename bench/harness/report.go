@@ -11,6 +11,7 @@ type report struct {
 	Machine machineInfo
 	Options options
 	Modes   []modeResult
+	Cluster *clusterResult
 }
 
 func (r report) mode(name string) (modeResult, bool) {
@@ -60,6 +61,13 @@ func (r report) targets() []target {
 		}
 		ts = append(ts, target{"host RSS under full load", m.Mode, fmt.Sprintf("%.0f MB", m.LoadRSSMB), "≤ 100 MB", m.LoadRSSMB > 0 && m.LoadRSSMB <= 100})
 		ts = append(ts, target{"host RSS idle", m.Mode, fmt.Sprintf("%.0f MB", m.IdleRSSMB), "≤ 30 MB", m.IdleRSSMB > 0 && m.IdleRSSMB <= 30})
+	}
+	if c := r.Cluster; c != nil {
+		if m, ok := r.mode("always"); ok && m.Best.ConfirmedPerS > 0 {
+			ratio := c.Load.ConfirmedPerS / m.Best.ConfirmedPerS
+			ts = append(ts, target{fmt.Sprintf("R3 confirmed orders/s ÷ R1, %d clients", c.Load.Clients), "always",
+				fmt.Sprintf("%.2f (%.0f ÷ %.0f)", ratio, c.Load.ConfirmedPerS, m.Best.ConfirmedPerS), "≥ 0.6", ratio >= 0.6})
+		}
 	}
 	return ts
 }
@@ -126,6 +134,10 @@ func (r report) markdown(svg string) string {
 	w("| fsync mode | req/s | p50 | p99 |\n|---|---|---|---|\n")
 	for _, m := range r.Modes {
 		w("| %s | %.0f | %.2fms | %.2fms |\n", modeLabel(m), m.Requests.PerS, m.Requests.P50Ms, m.Requests.P99Ms)
+	}
+
+	if c := r.Cluster; c != nil {
+		w("%s", r.clusterSection(*c))
 	}
 
 	w("\n## What bounds each target\n\n")
@@ -256,4 +268,37 @@ func sumWrites(m modeResult) float64 {
 		t += v
 	}
 	return t
+}
+
+// clusterSection is the R3 part of the report: the same measurements on a
+// 3-node cluster of deploy/cluster's nodes, next to R1 from this run.
+func (r report) clusterSection(c clusterResult) string {
+	var b strings.Builder
+	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	w("\n## On a 3-node cluster (R3)\n\n")
+	w("Three nats-servers started from `deploy/cluster/n1..n3.conf` (the configs `task cluster:up` uses; `sync_interval: always`) on this same machine, so the three share its %d cores and its one disk; one host with `STREAM_REPLICAS=3` and the three URLs. A real cluster has a machine per node; this understates it.\n\n", r.Machine.Cores)
+	w("| | R1 (fsync always) | R3 | R3 ÷ R1 |\n|---|---|---|---|\n")
+	if m, ok := r.mode("always"); ok {
+		ratio := func(a, b float64) string {
+			if b == 0 {
+				return ""
+			}
+			return fmt.Sprintf("%.2f", a/b)
+		}
+		w("| raw `js pub sync`, 1 client (msgs/s) | %.0f | %.0f | %s |\n", m.RawSync.MsgsPerS, c.RawSync.MsgsPerS, ratio(c.RawSync.MsgsPerS, m.RawSync.MsgsPerS))
+		w("| raw `js pub sync` p99 | %.2fms | %.2fms | %s |\n", m.RawSync.P99Ms, c.RawSync.P99Ms, ratio(c.RawSync.P99Ms, m.RawSync.P99Ms))
+		w("| raw `js pub async`, 1 client (msgs/s) | %.0f | %.0f | %s |\n", m.RawAsync.MsgsPerS, c.RawAsync.MsgsPerS, ratio(c.RawAsync.MsgsPerS, m.RawAsync.MsgsPerS))
+		w("| orderflow confirmed orders/s, %d clients | %.0f | %.0f | %s |\n", c.Load.Clients, m.Best.ConfirmedPerS, c.Load.ConfirmedPerS, ratio(c.Load.ConfirmedPerS, m.Best.ConfirmedPerS))
+		w("| `orders.create` p99, %d clients | %.2fms | %.2fms | %s |\n", c.Load.Clients, m.Best.CreateP99Ms, c.Load.CreateP99Ms, ratio(c.Load.CreateP99Ms, m.Best.CreateP99Ms))
+		w("| end-to-end p99, %d clients | %.1fms | %.1fms | %s |\n", c.Load.Clients, m.Best.E2EP99Ms, c.Load.E2EP99Ms, ratio(c.Load.E2EP99Ms, m.Best.E2EP99Ms))
+	}
+	st := c.Stall
+	w("\n**A leader killed under load.** With %.0f orders/s placed by 8 clients for 25 s, the leader of `ORDERS`, %s, was killed with SIGKILL, kept down %.0f s and started again, while a probe placed one order after another, each retried with its `Idempotency-Key` until acknowledged, as a careful client does.\n\n", st.Load.TargetRate, st.Killed, st.Down)
+	w("| measured | |\n|---|---|\n")
+	w("| kill to a new leader of `ORDERS` | %.1f s |\n", st.ElectionS)
+	w("| longest `orders.create`, first send to acknowledgement | %.1f s |\n", st.MaxCreateS)
+	w("| probe creates / over 1 s | %d / %d |\n", st.Creates, st.SlowCreates)
+	w("| the load's orders: placed, confirmed, failed, unfinished | %d, %d, %d, %d |\n", st.Load.Orders, st.Load.Confirmed, st.Load.Failed, st.Load.Unfinished)
+	w("| the load's create p99 / end-to-end p99 | %.0fms / %.0fms |\n", st.Load.CreateP99Ms, st.Load.E2EP99Ms)
+	return b.String()
 }
