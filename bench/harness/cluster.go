@@ -282,7 +282,7 @@ func stall(nodes []*node, server, url string, load func(...string) (loadResult, 
 		wg.Wait()
 		return res, fmt.Errorf("no leader of ORDERS to kill")
 	}
-	res.Killed = victim + " (leader of ORDERS)"
+	res.Killed = victim
 	logf("[r3] kill -9 %s", res.Killed)
 	killed.kill()
 	at := time.Now()

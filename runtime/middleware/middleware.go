@@ -50,9 +50,10 @@ func Timeout(d time.Duration) function.Middleware {
 	}
 }
 
-// Logging logs every failed call with its code, and successful ones at debug
-// level, with the subject and duration. The logger's handler adds the
-// function, trace and order (telemetry.LogHandler).
+// Logging logs every failed call with its code, and successful ones and
+// calls that found JetStream unavailable at debug level, with the subject
+// and duration. The logger's handler adds the function, trace and order
+// (telemetry.LogHandler).
 func Logging(log *slog.Logger) function.Middleware {
 	return func(next function.Handler) function.Handler {
 		return func(ctx context.Context, req proto.Message) (proto.Message, error) {
@@ -62,6 +63,10 @@ func Logging(log *slog.Logger) function.Middleware {
 			msg := "call ok"
 			switch code := function.Code(err); {
 			case err == nil:
+			case function.IsUnavailable(err):
+				// Not the function's failure; the host says so once in a
+				// while for a whole outage, not once per call.
+				msg = "call unavailable"
 			case code < 500:
 				level, msg = slog.LevelInfo, "call rejected"
 			default:
