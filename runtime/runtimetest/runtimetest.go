@@ -311,12 +311,19 @@ func (c *Cluster) Connect() *nats.Conn {
 	return nc
 }
 
-// WaitMetaLeader waits until the running servers agree on a meta leader.
+// WaitMetaLeader waits until the running servers have a meta leader that
+// can place assets on every one of them (it has their current stats).
 func (c *Cluster) WaitMetaLeader() {
 	c.t.Helper()
-	c.waitFor("a meta leader", func() int {
+	running := 0
+	for _, s := range c.Servers {
+		if s != nil {
+			running++
+		}
+	}
+	c.waitFor("a meta leader that knows every server", func() int {
 		for i, s := range c.Servers {
-			if s != nil && s.JetStreamIsLeader() {
+			if s != nil && s.JetStreamIsLeader() && len(s.JetStreamClusterPeers()) >= running {
 				return i
 			}
 		}
