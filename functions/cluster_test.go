@@ -99,21 +99,10 @@ func metaLeader(nodes []*clusterNode) string {
 
 // healthy waits until the node says its JetStream assets are current.
 func (nd *clusterNode) healthy(d time.Duration) error {
-	deadline := time.Now().Add(d)
-	for {
-		resp, err := http.Get(nd.monitor + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			err = fmt.Errorf("/healthz %s", resp.Status)
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not healthy after %s: %w", nd.name, d, err)
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := waitOK(nd.monitor+"/healthz", d); err != nil {
+		return fmt.Errorf("%s not healthy after %s: %w", nd.name, d, err)
 	}
+	return nil
 }
 
 // restart is kill -9, down for a while, and a start on the same store.
@@ -123,16 +112,17 @@ func (nd *clusterNode) restart(t *testing.T, down time.Duration) {
 	nd.start(t)
 }
 
-func waitReady(addr string, d time.Duration) error {
+// waitOK waits until a GET of url answers 200.
+func waitOK(url string, d time.Duration) error {
 	deadline := time.Now().Add(d)
 	for {
-		resp, err := http.Get("http://" + addr + "/readyz")
+		resp, err := http.Get(url)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				return nil
 			}
-			err = fmt.Errorf("/readyz %s", resp.Status)
+			err = fmt.Errorf("%s: %s", url, resp.Status)
 		}
 		if time.Now().After(deadline) {
 			return err
@@ -141,14 +131,6 @@ func waitReady(addr string, d time.Duration) error {
 	}
 }
 
-// TestClusterFaults is the durability test on a real 3-node JetStream
-// cluster, every stream, bucket and consumer R3 and every write fsynced:
-// two hosts started at the same moment are ready within seconds, then take
-// a careful client's load while a follower, the leader of the stock
-// bucket, the leader of the order log and the meta leader are each killed
-// with SIGKILL and restarted, and a host is killed and restarted. Then
-// every invariant must hold, and no payable order may be cancelled: an
-// election is ridden out, never paid for with an order.
 // The cluster test places at least ORDERFLOW_CLUSTER_ORDERS orders (400)
 // and keeps each killed node down ORDERFLOW_CLUSTER_DOWN (3s); raise them
 // to run the acceptance by hand (1500 orders, 5s).
@@ -199,7 +181,7 @@ func TestClusterFaults(t *testing.T) {
 	wg.Go(func() { hosts[1] = startBinary(t, t.TempDir(), hostBEnv...) })
 	wg.Wait()
 	for _, h := range hosts {
-		if err := waitReady(h.httpAddr, 20*time.Second); err != nil {
+		if err := waitOK("http://"+h.httpAddr+"/readyz", 20*time.Second); err != nil {
 			t.Fatalf("host not ready: %v\n%s", err, h.out)
 		}
 	}

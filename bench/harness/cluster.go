@@ -154,15 +154,7 @@ func runCluster(o options, b bins, dir string, clients int) (clusterResult, erro
 	}
 	url := strings.Join(urls, ",")
 
-	cli := func(args ...string) (string, error) {
-		cmd := exec.Command(b.cli, append([]string{"--server", url, "--no-context"}, args...)...)
-		cmd.Env = append(os.Environ(), "HOME="+dir)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			return string(out), fmt.Errorf("nats %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return string(out), nil
-	}
+	cli := natsCLI(b, url, dir)
 	logf("[r3] nats bench js pub sync/async, R3 stream")
 	if res.RawSync, err = benchCLI(cli, "bench", "js", "pub", "sync", "--create", "--replicas", "3", "--purge", "--clients", "1", "--msgs", strconv.Itoa(o.rawMsgs/4), "--no-progress", "js.bench"); err != nil {
 		return res, err
@@ -172,31 +164,19 @@ func runCluster(o options, b bins, dir string, clients int) (clusterResult, erro
 	}
 	_, _ = cli("stream", "rm", "-f", "benchstream")
 
-	httpPort, err := freePort()
+	logf("[r3] function host, STREAM_REPLICAS=3, WORKER_POOL_SIZE=%d", o.workers)
+	host, _, err := startHost(b, url, o.workers, "LOG_LEVEL=error", "STREAM_REPLICAS=3")
 	if err != nil {
 		return res, err
 	}
-	metricsURL := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
-	logf("[r3] function host, STREAM_REPLICAS=3, WORKER_POOL_SIZE=%d", o.workers)
-	host := exec.Command(b.host)
-	host.Env = append(os.Environ(), "NATS_URL="+url, fmt.Sprintf("HTTP_ADDR=127.0.0.1:%d", httpPort),
-		fmt.Sprintf("WORKER_POOL_SIZE=%d", o.workers), "LOG_LEVEL=error", "STREAM_REPLICAS=3")
-	host.Stdout, host.Stderr = os.Stderr, os.Stderr
-	if err := host.Start(); err != nil {
-		return res, err
-	}
 	defer func() { _ = host.Process.Signal(syscall.SIGTERM); _ = host.Wait() }()
-	if err := waitHTTP(metricsURL + "/readyz"); err != nil {
-		return res, err
-	}
+	gen := loadGen(b, url, o.skus)
 	load := func(args ...string) (loadResult, error) {
-		cmd := exec.Command(b.load, append([]string{"--server", url, "--json", "--progress", "off", "--skus", strconv.Itoa(o.skus)}, args...)...)
-		cmd.Stderr = os.Stderr
-		out, err := cmd.Output()
-		if err != nil {
-			return loadResult{}, fmt.Errorf("load generator: %w", err)
-		}
 		var r loadResult
+		out, err := gen(args...)
+		if err != nil {
+			return r, err
+		}
 		return r, json.Unmarshal(out, &r)
 	}
 	logf("[r3] %d orders, %d clients, as fast as possible", o.orders, clients)

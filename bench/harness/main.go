@@ -271,15 +271,7 @@ func runMode(o options, b bins, dir, mode string) (modeResult, error) {
 		return res, err
 	}
 
-	cli := func(args ...string) (string, error) {
-		cmd := exec.Command(b.cli, append([]string{"--server", url, "--no-context"}, args...)...)
-		cmd.Env = append(os.Environ(), "HOME="+dir)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			return string(out), fmt.Errorf("nats %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return string(out), nil
-	}
+	cli := natsCLI(b, url, dir)
 	msgs := strconv.Itoa(o.rawMsgs)
 	logf("[%s] nats bench js pub sync/async", mode)
 	if res.RawSync, err = benchCLI(cli, "bench", "js", "pub", "sync", "--create", "--purge", "--clients", "1", "--msgs", strconv.Itoa(o.rawMsgs/4), "--no-progress", "js.bench"); err != nil {
@@ -311,31 +303,16 @@ func runMode(o options, b bins, dir, mode string) (modeResult, error) {
 		return res, err
 	}
 
-	httpPort, err := freePort()
+	logf("[%s] function host, WORKER_POOL_SIZE=%d", mode, o.workers)
+	host, metricsURL, err := startHost(b, url, o.workers, "LOG_LEVEL=warn")
 	if err != nil {
 		return res, err
 	}
-	metricsURL := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
-	logf("[%s] function host, WORKER_POOL_SIZE=%d", mode, o.workers)
-	host := exec.Command(b.host)
-	host.Env = append(os.Environ(), "NATS_URL="+url, fmt.Sprintf("HTTP_ADDR=127.0.0.1:%d", httpPort),
-		fmt.Sprintf("WORKER_POOL_SIZE=%d", o.workers), "LOG_LEVEL=warn")
-	host.Stdout, host.Stderr = os.Stderr, os.Stderr
-	if err := host.Start(); err != nil {
-		return res, err
-	}
 	defer func() { _ = host.Process.Signal(syscall.SIGTERM); _ = host.Wait() }()
-	if err := waitHTTP(metricsURL + "/readyz"); err != nil {
-		return res, err
-	}
 	time.Sleep(2 * time.Second)
 	res.IdleRSSMB = rssMB(host.Process.Pid)
 
-	load := func(args ...string) ([]byte, error) {
-		cmd := exec.Command(b.load, append([]string{"--server", url, "--json", "--progress", "off", "--skus", strconv.Itoa(o.skus)}, args...)...)
-		cmd.Stderr = os.Stderr
-		return cmd.Output()
-	}
+	load := loadGen(b, url, o.skus)
 	logf("[%s] request path: inventory.get, 8 clients", mode)
 	out, err := load("--requests", strconv.Itoa(o.requests), "--clients", "8")
 	if err != nil {
@@ -404,6 +381,55 @@ func runMode(o options, b bins, dir, mode string) (modeResult, error) {
 		return res, err
 	}
 	return res, nil
+}
+
+// natsCLI runs the pinned nats CLI against url, its home in dir.
+func natsCLI(b bins, url, dir string) func(args ...string) (string, error) {
+	return func(args ...string) (string, error) {
+		cmd := exec.Command(b.cli, append([]string{"--server", url, "--no-context"}, args...)...)
+		cmd.Env = append(os.Environ(), "HOME="+dir)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return string(out), fmt.Errorf("nats %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out), nil
+	}
+}
+
+// startHost starts the function host against url with env added, and
+// waits until it is ready. It returns the process and its HTTP base URL.
+func startHost(b bins, url string, workers int, env ...string) (*exec.Cmd, string, error) {
+	httpPort, err := freePort()
+	if err != nil {
+		return nil, "", err
+	}
+	base := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
+	host := exec.Command(b.host)
+	host.Env = append(append(os.Environ(), "NATS_URL="+url, fmt.Sprintf("HTTP_ADDR=127.0.0.1:%d", httpPort),
+		fmt.Sprintf("WORKER_POOL_SIZE=%d", workers)), env...)
+	host.Stdout, host.Stderr = os.Stderr, os.Stderr
+	if err := host.Start(); err != nil {
+		return nil, "", err
+	}
+	if err := waitHTTP(base + "/readyz"); err != nil {
+		_ = host.Process.Kill()
+		_ = host.Wait()
+		return nil, "", err
+	}
+	return host, base, nil
+}
+
+// loadGen runs the load generator against url and returns its JSON.
+func loadGen(b bins, url string, skus int) func(args ...string) ([]byte, error) {
+	return func(args ...string) ([]byte, error) {
+		cmd := exec.Command(b.load, append([]string{"--server", url, "--json", "--progress", "off", "--skus", strconv.Itoa(skus)}, args...)...)
+		cmd.Stderr = os.Stderr
+		out, err := cmd.Output()
+		if err != nil {
+			return nil, fmt.Errorf("load generator: %w", err)
+		}
+		return out, nil
+	}
 }
 
 func waitNATS(url string) error {

@@ -111,16 +111,31 @@ func triggerStats(t *testing.T, nc *nats.Conn) host.TriggerStats {
 	return *d.Triggers["ev-consumer"]
 }
 
+// attemptLog records the delivery attempt of every call.
+type attemptLog struct {
+	mu       sync.Mutex
+	attempts []int
+}
+
+// record notes the call's attempt and returns how many calls there were.
+func (a *attemptLog) record(ctx context.Context) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.attempts = append(a.attempts, function.CallFrom(ctx).Attempt)
+	return len(a.attempts)
+}
+
+func (a *attemptLog) String() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return fmt.Sprint(a.attempts)
+}
+
 func TestTriggerRetriesThenSucceeds(t *testing.T) {
 	env := newTriggerEnv(t)
-	var calls atomic.Int32
-	var attempts []int
-	var mu sync.Mutex
+	var log attemptLog
 	env.startTriggered(t, func(ctx context.Context, ev *ordersv1.StockSold) error {
-		mu.Lock()
-		attempts = append(attempts, function.CallFrom(ctx).Attempt)
-		mu.Unlock()
-		if calls.Add(1) < 3 {
+		if log.record(ctx) < 3 {
 			return errors.New("flaky")
 		}
 		return nil
@@ -128,8 +143,8 @@ func TestTriggerRetriesThenSucceeds(t *testing.T) {
 	env.publish(t, "EV.o-1", &ordersv1.StockSold{OrderId: "o-1"})
 	env.waitIdle(t)
 	waitFor(t, func() bool { return triggerStats(t, env.nc).Acked == 1 })
-	if fmt.Sprint(attempts) != "[1 2 3]" {
-		t.Errorf("attempts %v, want [1 2 3]", attempts)
+	if log.String() != "[1 2 3]" {
+		t.Errorf("attempts %v, want [1 2 3]", log.String())
 	}
 	if st := triggerStats(t, env.nc); st.Retries != 2 || st.DeadLetters != 0 || st.Messages != 3 {
 		t.Errorf("stats %+v, want 2 retries then an ack", st)
@@ -268,14 +283,9 @@ func TestTriggerSlowHandlerIsNotRedelivered(t *testing.T) {
 // attempt and is never dead-lettered.
 func TestTriggerRidesOutAnOutage(t *testing.T) {
 	env := newTriggerEnv(t)
-	var calls atomic.Int32
-	var attempts []int
-	var mu sync.Mutex
+	var log attemptLog
 	env.startTriggered(t, func(ctx context.Context, ev *ordersv1.StockSold) error {
-		mu.Lock()
-		attempts = append(attempts, function.CallFrom(ctx).Attempt)
-		mu.Unlock()
-		if calls.Add(1) <= 5 { // quick allows 3 attempts
+		if log.record(ctx) <= 5 { // quick allows 3 attempts
 			return fmt.Errorf("publish: %w: no response from stream", function.ErrUnavailable)
 		}
 		return nil
@@ -283,8 +293,8 @@ func TestTriggerRidesOutAnOutage(t *testing.T) {
 	env.publish(t, "EV.o-1", &ordersv1.StockSold{OrderId: "o-1"})
 	env.waitIdle(t)
 	waitFor(t, func() bool { return triggerStats(t, env.nc).Acked == 1 })
-	if fmt.Sprint(attempts) != "[1 1 1 1 1 1]" {
-		t.Errorf("attempts %v, want six calls of the first delivery", attempts)
+	if log.String() != "[1 1 1 1 1 1]" {
+		t.Errorf("attempts %v, want six calls of the first delivery", log.String())
 	}
 	if st := triggerStats(t, env.nc); st.DeadLetters != 0 || st.Retries != 0 {
 		t.Errorf("stats %+v, want an ack with no retry and no dead letter", st)
