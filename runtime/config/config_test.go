@@ -15,8 +15,24 @@ func TestDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.NATSURL != "" || c.WorkerPoolSize != 10 || c.StreamReplicas != 1 || c.HTTPAddr != ":8080" ||
-		c.PaymentMaxOrderMinor != 1_000_000 || c.DrainTimeout >= 10*time.Second || len(c.Functions) != 0 {
+		c.PaymentMaxOrderMinor != 1_000_000 || c.DrainTimeout >= 10*time.Second || len(c.Functions) != 0 ||
+		c.OutageHorizon != 2*time.Minute || !c.CreateMissing {
 		t.Errorf("defaults = %+v", c)
+	}
+}
+
+// Every attempt may wait out an outage, so attempts × OUTAGE_HORIZON counts
+// towards the retry span that must stay inside the duplicate window.
+func TestOutageHorizonCountsPerAttempt(t *testing.T) {
+	t.Setenv("OUTAGE_HORIZON", "5m")
+	t.Setenv("RETRY_POLICY_PAYMENTS_CHARGE", "attempts=20")
+	_, err := config.Load()
+	if err == nil || !strings.Contains(err.Error(), "RETRY_POLICY_PAYMENTS_CHARGE") || !strings.Contains(err.Error(), "OUTAGE_HORIZON") {
+		t.Errorf("Load = %v, want the override named with the horizon", err)
+	}
+	t.Setenv("EVENT_DUPLICATE_WINDOW", "3h")
+	if _, err := config.Load(); err != nil {
+		t.Errorf("with a window that outlasts 20 × 5m: %v", err)
 	}
 }
 
@@ -66,6 +82,9 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{"RETRY_POLICY", "attempts=many"},
 		{"RETRY_POLICY_PAYMENTS_CHARGE", "jitter=3"},
 		{"RETRY_POLICY_PAYMENTS_CHARGE", "attempts=40,initial=1m,max=1h"}, // outlasts the duplicate window
+		{"OUTAGE_HORIZON", "-1s"},
+		{"OUTAGE_HORIZON", "15m"}, // 5 attempts × 15m outlasts the 1h duplicate window
+		{"CREATE_MISSING", "perhaps"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+"="+tt.value, func(t *testing.T) {

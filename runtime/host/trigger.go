@@ -135,7 +135,11 @@ func (tr *trigger) stopped() bool {
 // consume reads messages until the iterator ends; it reports whether that
 // was a drain (true) or a failure to recover from (false).
 func (tr *trigger) consume(c jetstream.Consumer, wg *sync.WaitGroup) bool {
-	it, err := c.Messages(jetstream.PullMaxMessages(cap(tr.e.slots)))
+	// Pulls expire after 5s (heartbeats every 2.5s) instead of 30s: when a
+	// consumer's leader dies with this pod's pull requests, the pod notices
+	// within seconds and pulls from the new leader, instead of idling for up
+	// to a minute while the messages wait.
+	it, err := c.Messages(jetstream.PullMaxMessages(cap(tr.e.slots)), jetstream.PullExpiry(pullExpiry))
 	if err != nil {
 		tr.log.Warn("consume failed", "consumer", tr.t.Durable, "error", err)
 		return tr.stopped()
@@ -169,6 +173,9 @@ func (tr *trigger) consume(c jetstream.Consumer, wg *sync.WaitGroup) bool {
 		}()
 	}
 }
+
+// pullExpiry is how long one pull request waits on the server.
+const pullExpiry = 5 * time.Second
 
 // drain stops pulling; messages already delivered to this pod are handled.
 func (tr *trigger) drain() {

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
 	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
@@ -284,12 +285,13 @@ func TestTriggerSlowHandlerIsNotRedelivered(t *testing.T) {
 func TestTriggerRidesOutAnOutage(t *testing.T) {
 	env := newTriggerEnv(t)
 	var log attemptLog
+	reg := prometheus.NewRegistry()
 	env.startTriggered(t, func(ctx context.Context, ev *ordersv1.StockSold) error {
 		if log.record(ctx) <= 5 { // quick allows 3 attempts
 			return fmt.Errorf("publish: %w: no response from stream", function.ErrUnavailable)
 		}
 		return nil
-	}, host.WithOutageHorizon(time.Minute))
+	}, host.WithOutageHorizon(time.Minute), host.WithMetrics(host.NewMetrics(reg)))
 	env.publish(t, "EV.o-1", &ordersv1.StockSold{OrderId: "o-1"})
 	env.waitIdle(t)
 	waitFor(t, func() bool { return triggerStats(t, env.nc).Acked == 1 })
@@ -299,6 +301,31 @@ func TestTriggerRidesOutAnOutage(t *testing.T) {
 	if st := triggerStats(t, env.nc); st.DeadLetters != 0 || st.Retries != 0 {
 		t.Errorf("stats %+v, want an ack with no retry and no dead letter", st)
 	}
+	if got := counter(t, reg, "orderflow_jetstream_unavailable_retries_total"); got != 5 {
+		t.Errorf("orderflow_jetstream_unavailable_retries_total = %v, want 5", got)
+	}
+	if got := counter(t, reg, "orderflow_messages_waiting_on_jetstream"); got != 0 {
+		t.Errorf("orderflow_messages_waiting_on_jetstream = %v after the outage, want 0", got)
+	}
+}
+
+// counter sums the samples of a counter or gauge family in reg.
+func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	return sum
 }
 
 // Past the outage horizon the failure counts as the function's own: the
