@@ -93,7 +93,7 @@ func registry(s stores) []registration {
 		{paymentsService, refundpayment.New(s.payments, s.log)},
 		{paymentsService, getpayment.New(s.payments)},
 		{deadletter.Service, deadletter.List(s.deadLetters)},
-		{deadletter.Service, deadletter.Replay(s.deadLetters)},
+		{deadletter.Service, deadletter.Replay(s.deadLetters, orderlog.ReplayTarget)},
 	}
 }
 
@@ -164,7 +164,10 @@ func provision(ctx context.Context, cfg config.Config, out io.Writer) error {
 			return err
 		}
 	}
-	res := storeResources(cfg)
+	res, err := declared(regs, cfg)
+	if err != nil {
+		return err
+	}
 	res.Consumers = h.Resources().Consumers
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
@@ -238,7 +241,16 @@ func start(ctx context.Context, cfg config.Config, out io.Writer, tp trace.Trace
 	if err != nil {
 		return nil, err
 	}
-	res := storeResources(cfg)
+	// What the hosted functions declare decides what is provisioned and
+	// opened: a pod of one role touches only its own streams and buckets.
+	selected, err := selectFunctions(registry(stores{}), cfg.Functions)
+	if err != nil {
+		return nil, err
+	}
+	res, err := declared(selected, cfg)
+	if err != nil {
+		return nil, err
+	}
 	st, err := openStores(ctx, js, cfg, res, tp, sys.log)
 	if err != nil {
 		return nil, err
@@ -376,17 +388,13 @@ func provisioning(cfg config.Config) durable.Mode {
 	return durable.Lookup
 }
 
-// buckets are the KV buckets the stores live in.
-var buckets = []string{inventory.Bucket, payments.Bucket, gateway.Bucket}
-
-// storeResources are the streams and buckets the stores live in.
-func storeResources(cfg config.Config) durable.Resources {
-	dc := storeConfig(cfg)
-	r := durable.Resources{Streams: []jetstream.StreamConfig{durable.EventStreamConfig(dc), durable.DeadLetterStreamConfig(dc)}}
-	for _, b := range buckets {
-		r.Buckets = append(r.Buckets, durable.BucketConfig(b, dc))
+// declared is what the registrations' functions declare they touch.
+func declared(regs []registration, cfg config.Config) (durable.Resources, error) {
+	defs := make([]function.Definition, len(regs))
+	for i, r := range regs {
+		defs[i] = r.def
 	}
-	return r
+	return durable.ForFunctions(defs, storeConfig(cfg))
 }
 
 // openStores finds (or, if allowed, creates) the streams and buckets and
@@ -417,31 +425,42 @@ func tryOpenStores(ctx context.Context, js jetstream.JetStream, cfg config.Confi
 	logActions(log, actions, false)
 	dc := storeConfig(cfg)
 	dc.Mode, dc.Tracing = durable.Lookup, tp // ensured above
-	events, err := durable.OpenLog(ctx, js, dc)
-	if err != nil {
-		return stores{}, err
-	}
-	bs := map[string]*durable.Bucket{}
-	for _, name := range buckets {
-		if bs[name], err = durable.OpenBucket(ctx, js, name, dc); err != nil {
+	var st stores
+	if res.HasStream(durable.EventStream) {
+		if st.log, err = durable.OpenLog(ctx, js, dc); err != nil {
 			return stores{}, err
 		}
 	}
-	dead, err := durable.OpenDeadLetters(ctx, js, dc)
+	if res.HasStream(durable.DeadLetterStream) {
+		if st.deadLetters, err = durable.OpenDeadLetters(ctx, js, dc); err != nil {
+			return stores{}, err
+		}
+	}
+	bucket := func(name string) (*durable.Bucket, error) {
+		if !res.HasBucket(name) {
+			return nil, nil // no function here touches it
+		}
+		return durable.OpenBucket(ctx, js, name, dc)
+	}
+	stock, err := bucket(inventory.Bucket)
 	if err != nil {
 		return stores{}, err
 	}
-	gw := gateway.New(bs[gateway.Bucket], gateway.Config{
+	pay, err := bucket(payments.Bucket)
+	if err != nil {
+		return stores{}, err
+	}
+	ledger, err := bucket(gateway.Bucket)
+	if err != nil {
+		return stores{}, err
+	}
+	gw := gateway.New(ledger, gateway.Config{
 		MaxOrderMinor: cfg.PaymentMaxOrderMinor,
 		FailureRate:   cfg.PaymentFailureRate,
 		Latency:       cfg.PaymentLatency,
 	})
-	return stores{
-		log:         events,
-		stock:       inventory.New(bs[inventory.Bucket]),
-		payments:    payments.New(bs[payments.Bucket], gw),
-		deadLetters: dead,
-	}, nil
+	st.stock, st.payments = inventory.New(stock), payments.New(pay, gw)
+	return st, nil
 }
 
 // logActions logs what Ensure created and what differs from its

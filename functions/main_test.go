@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
@@ -320,21 +323,21 @@ func TestInventory(t *testing.T) {
 	s.restock(t, "SKU-1", 5)
 	s.restock(t, "SKU-2", 1)
 
-	res := must[*ordersv1.ReserveStockResponse](t)(call[ordersv1.ReserveStockResponse](t, s, "inventory.reserve", &ordersv1.ReserveStockRequest{
-		OrderId: "o-1", Items: []*ordersv1.OrderItem{{Sku: "SKU-1", Quantity: 4}, {Sku: "SKU-2", Quantity: 1}},
-	}))
-	if res.GetStatus() != ordersv1.ReservationStatus_RESERVATION_STATUS_RESERVED {
-		t.Errorf("reserve = %v", res)
+	// Reservations happen only through the saga: one order confirms, one is
+	// short of SKU-2 and is rejected, all or nothing.
+	ok := s.create(t, &ordersv1.CreateOrderRequest{CustomerId: "c-1", Currency: "USD", Items: []*ordersv1.OrderItem{
+		{Sku: "SKU-1", Quantity: 4, UnitPriceMinor: 100}, {Sku: "SKU-2", Quantity: 1, UnitPriceMinor: 100}}})
+	if st := s.awaitTerminal(t, ok).GetOrder().GetStatus(); st != confirmed {
+		t.Errorf("order = %s, want CONFIRMED", st)
 	}
-	rej := must[*ordersv1.ReserveStockResponse](t)(call[ordersv1.ReserveStockResponse](t, s, "inventory.reserve", &ordersv1.ReserveStockRequest{
-		OrderId: "o-2", Items: []*ordersv1.OrderItem{{Sku: "SKU-1", Quantity: 1}, {Sku: "SKU-2", Quantity: 1}},
-	}))
-	if rej.GetStatus() != ordersv1.ReservationStatus_RESERVATION_STATUS_REJECTED || !strings.Contains(rej.GetReason(), "SKU-2") {
-		t.Errorf("short reserve = %v", rej)
+	short := s.create(t, &ordersv1.CreateOrderRequest{CustomerId: "c-1", Currency: "USD", Items: []*ordersv1.OrderItem{
+		{Sku: "SKU-1", Quantity: 1, UnitPriceMinor: 100}, {Sku: "SKU-2", Quantity: 1, UnitPriceMinor: 100}}})
+	if o := s.awaitTerminal(t, short).GetOrder(); o.GetStatus() != rejected || !strings.Contains(o.GetReason(), "SKU-2") {
+		t.Errorf("short order = %v, want REJECTED for SKU-2", o)
 	}
 	lvl := must[*ordersv1.GetStockResponse](t)(call[ordersv1.GetStockResponse](t, s, "inventory.get", &ordersv1.GetStockRequest{Sku: "SKU-1"}))
-	if lvl.GetAvailable() != 11 || lvl.GetReserved() != 4 || lvl.GetSold() != 0 {
-		t.Errorf("inventory.get = %v, want 11 available, 4 reserved", lvl)
+	if lvl.GetAvailable() != 11 || lvl.GetReserved() != 0 || lvl.GetSold() != 4 {
+		t.Errorf("inventory.get = %v, want 11 available, 4 sold", lvl)
 	}
 
 	bad := []struct {
@@ -350,10 +353,6 @@ func TestInventory(t *testing.T) {
 		{"inventory.get", &ordersv1.GetStockRequest{}, 400, "sku"},
 		{"inventory.get", &ordersv1.GetStockRequest{Sku: "SKU-*"}, 400, "sku"},
 		{"inventory.get", &ordersv1.GetStockRequest{Sku: "NEVER-STOCKED"}, 404, "NEVER-STOCKED"},
-		{"inventory.reserve", &ordersv1.ReserveStockRequest{Items: []*ordersv1.OrderItem{{Sku: "SKU-1", Quantity: 1}}}, 400, "order_id"},
-		{"inventory.reserve", &ordersv1.ReserveStockRequest{OrderId: "o-3"}, 400, "items"},
-		{"inventory.reserve", &ordersv1.ReserveStockRequest{OrderId: "o-3", Items: []*ordersv1.OrderItem{{Sku: "SKU-1"}}}, 400, "items[0].quantity"},
-		{"inventory.reserve", &ordersv1.ReserveStockRequest{OrderId: "o-3", Items: []*ordersv1.OrderItem{{Sku: "SKU-1", Quantity: 1}, {Sku: "SKU-1", Quantity: 1}}}, 400, "items[1].sku"},
 	}
 	for _, tt := range bad {
 		_, err := runtimetest.Call[ordersv1.GetStockResponse](context.Background(), s.nc, tt.subject, tt.req, runtimetest.Request{Encoding: runtimetest.JSON})
@@ -369,53 +368,67 @@ func TestInventory(t *testing.T) {
 	}
 }
 
-func TestPayments(t *testing.T) {
-	s := startSystem(t, func(c *config.Config) { c.PaymentMaxOrderMinor = 5000 })
-	charge := func(order string, amount int64) (*ordersv1.ChargePaymentResponse, error) {
-		return call[ordersv1.ChargePaymentResponse](t, s, "payments.charge", &ordersv1.ChargePaymentRequest{
-			OrderId: order, CustomerId: "c-1", Amount: &ordersv1.Money{AmountMinor: amount, Currency: "USD"},
-		})
-	}
-	for range 2 {
-		r, err := charge("o-1", 3998)
-		if err != nil || r.GetStatus() != ordersv1.PaymentStatus_PAYMENT_STATUS_CHARGED {
-			t.Fatalf("charge = %v, %v", r, err)
+// The saga's own steps run only on their events: nobody answers a request
+// to them, yet they are listed, with their triggers, in `nats micro info`.
+func TestSagaStepsAreNotCallable(t *testing.T) {
+	s := startSystem(t)
+	for _, subject := range []string{"inventory.reserve", "inventory.sell", "inventory.release", "payments.charge", "payments.refund"} {
+		_, err := s.nc.Request(subject, []byte(`{"order_id":"o-1"}`), time.Second)
+		if !errors.Is(err, nats.ErrNoResponders) {
+			t.Errorf("request to %s: %v, want no responders", subject, err)
 		}
 	}
-	if r, err := charge("o-2", 5001); err != nil || r.GetStatus() != ordersv1.PaymentStatus_PAYMENT_STATUS_DECLINED || r.GetReason() == "" {
-		t.Errorf("charge above the limit = %v, %v", r, err)
+	for _, svc := range []string{"inventory", "payments"} {
+		reply, err := s.nc.Request("$SRV.INFO."+svc, nil, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var info micro.Info
+		if err := json.Unmarshal(reply.Data, &info); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range info.Endpoints {
+			if e.Name == "get" || e.Name == "restock" {
+				continue
+			}
+			if e.Metadata["requests"] == "" || !strings.Contains(e.Metadata["triggers"], "ORDERS ORDER.*.") {
+				t.Errorf("%s.%s metadata %v, want its triggers and no requests", svc, e.Name, e.Metadata)
+			}
+		}
 	}
-	p := must[*ordersv1.GetPaymentResponse](t)(call[ordersv1.GetPaymentResponse](t, s, "payments.get", &ordersv1.GetPaymentRequest{OrderId: "o-1"}))
-	want := &ordersv1.GetPaymentResponse{OrderId: "o-1", Status: ordersv1.PaymentStatus_PAYMENT_STATUS_CHARGED, AmountMinor: 3998, Currency: "USD", Attempts: 1, Captures: 1}
+}
+
+func TestPayments(t *testing.T) {
+	s := startSystem(t, func(c *config.Config) { c.PaymentMaxOrderMinor = 5000 })
+	s.restock(t, "SKU-1", 10)
+	paid := s.create(t, order("SKU-1", 2, 1999))
+	s.awaitTerminal(t, paid)
+	p := must[*ordersv1.GetPaymentResponse](t)(call[ordersv1.GetPaymentResponse](t, s, "payments.get", &ordersv1.GetPaymentRequest{OrderId: paid}))
+	want := &ordersv1.GetPaymentResponse{OrderId: paid, Status: ordersv1.PaymentStatus_PAYMENT_STATUS_CHARGED, AmountMinor: 3998, Currency: "USD", Attempts: 1, Captures: 1}
 	if !proto.Equal(p, want) {
 		t.Errorf("payments.get = %v, want %v", p, want)
 	}
+	declined := s.create(t, order("SKU-1", 1, 5001))
+	s.awaitTerminal(t, declined)
+	p = must[*ordersv1.GetPaymentResponse](t)(call[ordersv1.GetPaymentResponse](t, s, "payments.get", &ordersv1.GetPaymentRequest{OrderId: declined}))
+	if p.GetStatus() != ordersv1.PaymentStatus_PAYMENT_STATUS_DECLINED || p.GetCaptures() != 0 {
+		t.Errorf("payment above the limit = %v, want DECLINED with no capture", p)
+	}
 
 	bad := []struct {
-		subject string
-		req     proto.Message
-		code    int
-		field   string
+		req   proto.Message
+		code  int
+		field string
 	}{
-		{"payments.charge", &ordersv1.ChargePaymentRequest{CustomerId: "c", Amount: &ordersv1.Money{AmountMinor: 1, Currency: "USD"}}, 400, "order_id"},
-		{"payments.charge", &ordersv1.ChargePaymentRequest{OrderId: "o-9", Amount: &ordersv1.Money{AmountMinor: 1, Currency: "USD"}}, 400, "customer_id"},
-		{"payments.charge", &ordersv1.ChargePaymentRequest{OrderId: "o-9", CustomerId: "c"}, 400, "amount"},
-		{"payments.charge", &ordersv1.ChargePaymentRequest{OrderId: "o-9", CustomerId: "c", Amount: &ordersv1.Money{AmountMinor: -1, Currency: "USD"}}, 400, "amount.amount_minor"},
-		{"payments.charge", &ordersv1.ChargePaymentRequest{OrderId: "o-9", CustomerId: "c", Amount: &ordersv1.Money{AmountMinor: 1}}, 400, "amount.currency"},
-		{"payments.charge", &ordersv1.ChargePaymentRequest{OrderId: "o-1", CustomerId: "c-1", Amount: &ordersv1.Money{AmountMinor: 1, Currency: "USD"}}, 409, "o-1"},
-		{"payments.get", &ordersv1.GetPaymentRequest{}, 400, "order_id"},
-		{"payments.get", &ordersv1.GetPaymentRequest{OrderId: "o-9"}, 404, "o-9"},
+		{&ordersv1.GetPaymentRequest{}, 400, "order_id"},
+		{&ordersv1.GetPaymentRequest{OrderId: "o-9"}, 404, "o-9"},
 	}
 	for _, tt := range bad {
-		_, err := runtimetest.Call[ordersv1.GetPaymentResponse](context.Background(), s.nc, tt.subject, tt.req, runtimetest.Request{Encoding: runtimetest.JSON})
+		_, err := runtimetest.Call[ordersv1.GetPaymentResponse](context.Background(), s.nc, "payments.get", tt.req, runtimetest.Request{Encoding: runtimetest.JSON})
 		se, ok := err.(*runtimetest.ServiceError)
 		if !ok || se.Code != tt.code || !strings.Contains(se.Description, tt.field) {
-			t.Errorf("%s %v: %v, want %d naming %s", tt.subject, tt.req, err, tt.code, tt.field)
+			t.Errorf("payments.get %v: %v, want %d naming %s", tt.req, err, tt.code, tt.field)
 		}
-	}
-	// The rejected charges left no payment behind.
-	if _, err := call[ordersv1.GetPaymentResponse](t, s, "payments.get", &ordersv1.GetPaymentRequest{OrderId: "o-9"}); runtimetest.Code(err) != 404 {
-		t.Errorf("rejected charges created a payment: %v", err)
 	}
 }
 
@@ -460,6 +473,32 @@ func TestFunctionsSelectsWhatAPodHosts(t *testing.T) {
 	}
 	if _, err := selectFunctions(registry(stores{}), []string{"orders.nope"}); err == nil || !strings.Contains(err.Error(), "FUNCTIONS") {
 		t.Errorf("unknown function: %v, want an error naming FUNCTIONS", err)
+	}
+}
+
+// A pod creates and opens only what its functions declare they touch.
+func TestPodTouchesOnlyWhatItsFunctionsDeclare(t *testing.T) {
+	tests := []struct {
+		functions []string
+		want      string
+	}{
+		{[]string{"inventory.get"}, "KV_stock"},
+		{[]string{"payments.get"}, "KV_gateway,KV_payments"},
+		{[]string{"payments"}, "DEADLETTERS,KV_gateway,KV_payments,ORDERS"},
+		{[]string{"orders.get", "deadletters.list"}, "DEADLETTERS,ORDERS"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.functions, ","), func(t *testing.T) {
+			s := startSystem(t, func(c *config.Config) { c.Functions = tt.functions })
+			var got []string
+			for name := range s.js.StreamNames(context.Background()).Name() {
+				got = append(got, name)
+			}
+			slices.Sort(got)
+			if strings.Join(got, ",") != tt.want {
+				t.Errorf("streams %v, want %s", got, tt.want)
+			}
+		})
 	}
 }
 

@@ -34,7 +34,9 @@ func New(log state.Log) function.Definition {
 	return function.New("cancel", f.request,
 		function.WithDescription("Cancel an order that has not ended: its capture is refunded, its stock released, and it ends CANCELLED. Runs on dead letters to compensate a failed step."),
 		function.WithRetry(retry.Default.Forever()),
-		function.On(deadletter.Stream, deadletter.Subjects, Durable, f.onDeadLetter))
+		function.On(deadletter.Stream, deadletter.Subjects, Durable, f.onDeadLetter),
+		function.Publishes(orderlog.Stream, orderlog.On(orderlog.CancelRequested)),
+		function.Reads(orderlog.Stream))
 }
 
 type canceller struct{ log state.Log }

@@ -5,6 +5,7 @@ package chargepayment
 import (
 	"context"
 
+	"github.com/orderflow/orderflow/functions/internal/gateway"
 	"github.com/orderflow/orderflow/functions/internal/orderlog"
 	"github.com/orderflow/orderflow/functions/internal/payments"
 	"github.com/orderflow/orderflow/functions/internal/validate"
@@ -20,25 +21,17 @@ const Durable = "payments-charge"
 // StockReserved and publishes PaymentCharged or PaymentDeclined to log.
 func New(p *payments.Payments, log state.Log) function.Definition {
 	f := &charger{p: p, log: log}
-	return function.New("charge", f.request,
+	return function.Triggered("charge",
 		function.WithDescription("Charge an order through the payment gateway; keyed by order id, so a repeat never captures twice. Runs on StockReserved."),
-		function.On(orderlog.Stream, orderlog.On(orderlog.StockReserved), Durable, f.onReserved))
+		function.On(orderlog.Stream, orderlog.On(orderlog.StockReserved), Durable, f.onReserved),
+		function.Publishes(orderlog.Stream, orderlog.On(orderlog.PaymentCharged), orderlog.On(orderlog.PaymentDeclined)),
+		function.WritesBucket(payments.Bucket),
+		function.WritesBucket(gateway.Bucket))
 }
 
 type charger struct {
 	p   *payments.Payments
 	log state.Log
-}
-
-func (f *charger) request(ctx context.Context, req *ordersv1.ChargePaymentRequest) (*ordersv1.ChargePaymentResponse, error) {
-	if err := Validate(req); err != nil {
-		return nil, err
-	}
-	rec, err := f.p.Charge(ctx, req.GetOrderId(), req.GetCustomerId(), req.GetAmount())
-	if err != nil {
-		return nil, err
-	}
-	return &ordersv1.ChargePaymentResponse{OrderId: rec.GetOrderId(), Status: rec.GetStatus(), Reason: rec.GetReason()}, nil
 }
 
 // onReserved charges an order whose stock is held. A gateway failure is

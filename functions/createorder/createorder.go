@@ -37,7 +37,9 @@ var keyNamespace = uuid.MustParse("6f1b7f0e-6a43-4d0c-9a53-5b1f3f3c2a10")
 func New(log state.Log) function.Definition {
 	c := &creator{log: log, now: time.Now}
 	return function.New("create", c.create,
-		function.WithDescription("Validate an order, assign its id and publish OrderCreated; replies after the JetStream ack. Send an Idempotency-Key header to retry safely."))
+		function.WithDescription("Validate an order, assign its id and publish OrderCreated; replies after the JetStream ack. Send an Idempotency-Key header to retry safely."),
+		function.Publishes(orderlog.Stream, orderlog.On(orderlog.Created)),
+		function.Reads(orderlog.Stream))
 }
 
 type creator struct {

@@ -24,5 +24,6 @@ func New(log state.Log) function.Definition {
 		}
 		return &ordersv1.GetOrderResponse{Order: st.Order, Events: st.Events}, nil
 	}
-	return function.New("get", get, function.WithDescription("An order's current state and its event history."))
+	return function.New("get", get, function.WithDescription("An order's current state and its event history."),
+		function.Reads(orderlog.Stream))
 }

@@ -5,6 +5,7 @@ package getpayment
 import (
 	"context"
 
+	"github.com/orderflow/orderflow/functions/internal/gateway"
 	"github.com/orderflow/orderflow/functions/internal/payments"
 	"github.com/orderflow/orderflow/functions/internal/validate"
 	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
@@ -18,5 +19,6 @@ func New(p *payments.Payments) function.Definition {
 			return nil, err
 		}
 		return p.Get(ctx, req.GetOrderId())
-	}, function.WithDescription("An order's payment: status, amount, gateway attempts, and captures and refunds from the gateway's ledger."))
+	}, function.WithDescription("An order's payment: status, amount, gateway attempts, and captures and refunds from the gateway's ledger."),
+		function.ReadsBucket(payments.Bucket), function.ReadsBucket(gateway.Bucket))
 }

@@ -22,5 +22,6 @@ func New(stock *inventory.Stock) function.Definition {
 		}
 		return &ordersv1.GetStockResponse{Sku: l.GetSku(), Available: l.GetAvailable(), Reserved: l.GetReserved(), Sold: l.GetSold()}, nil
 	}
-	return function.New("get", get, function.WithDescription("Stock levels of a SKU: available, reserved and sold units."))
+	return function.New("get", get, function.WithDescription("Stock levels of a SKU: available, reserved and sold units."),
+		function.ReadsBucket(inventory.Bucket))
 }

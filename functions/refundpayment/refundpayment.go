@@ -5,6 +5,7 @@ package refundpayment
 import (
 	"context"
 
+	"github.com/orderflow/orderflow/functions/internal/gateway"
 	"github.com/orderflow/orderflow/functions/internal/orderlog"
 	"github.com/orderflow/orderflow/functions/internal/payments"
 	"github.com/orderflow/orderflow/functions/internal/validate"
@@ -22,29 +23,18 @@ const Durable = "payments-refund"
 // which must happen, so it retries without limit.
 func New(p *payments.Payments, log state.Log) function.Definition {
 	f := &refunder{p: p, log: log}
-	return function.New("refund", f.request,
+	return function.Triggered("refund",
 		function.WithDescription("Refund an order's capture, or void its charge if nothing was captured; refunded once. Runs on CancelRequested."),
 		function.WithRetry(retry.Default.Forever()),
-		function.On(orderlog.Stream, orderlog.On(orderlog.CancelRequested), Durable, f.onCancel))
+		function.On(orderlog.Stream, orderlog.On(orderlog.CancelRequested), Durable, f.onCancel),
+		function.Publishes(orderlog.Stream, orderlog.On(orderlog.PaymentRefunded)),
+		function.WritesBucket(payments.Bucket),
+		function.WritesBucket(gateway.Bucket))
 }
 
 type refunder struct {
 	p   *payments.Payments
 	log state.Log
-}
-
-func (f *refunder) request(ctx context.Context, req *ordersv1.RefundPaymentRequest) (*ordersv1.RefundPaymentResponse, error) {
-	if err := validate.OrderID("order_id", req.GetOrderId()); err != nil {
-		return nil, err
-	}
-	if err := validate.Reason("reason", req.GetReason()); err != nil {
-		return nil, err
-	}
-	rec, refunded, err := f.p.Refund(ctx, req.GetOrderId(), req.GetReason())
-	if err != nil {
-		return nil, err
-	}
-	return &ordersv1.RefundPaymentResponse{OrderId: req.GetOrderId(), Status: rec.GetStatus(), Refunded: refunded}, nil
 }
 
 func (f *refunder) onCancel(ctx context.Context, ev *ordersv1.CancelRequested) error {

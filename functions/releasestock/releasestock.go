@@ -27,7 +27,7 @@ const (
 // It is compensation, which must happen, so it retries without limit.
 func New(stock *inventory.Stock, log state.Log, obs orderlog.Observer) function.Definition {
 	f := &releaser{stock: stock, log: log, obs: obs, now: time.Now}
-	return function.New("release", f.request,
+	return function.Triggered("release",
 		function.WithDescription("Give an order's units back to available; released once. Runs on PaymentDeclined and PaymentRefunded."),
 		function.WithRetry(retry.Default.Forever()),
 		function.On(orderlog.Stream, orderlog.On(orderlog.PaymentDeclined), DurableDeclined, func(ctx context.Context, ev *ordersv1.PaymentDeclined) error {
@@ -35,7 +35,10 @@ func New(stock *inventory.Stock, log state.Log, obs orderlog.Observer) function.
 		}),
 		function.On(orderlog.Stream, orderlog.On(orderlog.PaymentRefunded), DurableRefunded, func(ctx context.Context, ev *ordersv1.PaymentRefunded) error {
 			return f.release(ctx, ev.GetOrderId(), ev.GetReason())
-		}))
+		}),
+		function.Publishes(orderlog.Stream, orderlog.On(orderlog.StockReleased)),
+		function.Reads(orderlog.Stream),
+		function.WritesBucket(inventory.Bucket))
 }
 
 type releaser struct {
@@ -43,20 +46,6 @@ type releaser struct {
 	log   state.Log
 	obs   orderlog.Observer
 	now   func() time.Time
-}
-
-func (f *releaser) request(ctx context.Context, req *ordersv1.ReleaseStockRequest) (*ordersv1.ReleaseStockResponse, error) {
-	if err := validate.OrderID("order_id", req.GetOrderId()); err != nil {
-		return nil, err
-	}
-	if err := validate.Reason("reason", req.GetReason()); err != nil {
-		return nil, err
-	}
-	r, err := f.stock.Release(ctx, req.GetOrderId(), req.GetReason())
-	if err != nil {
-		return nil, err
-	}
-	return &ordersv1.ReleaseStockResponse{OrderId: req.GetOrderId(), Status: r.GetStatus()}, nil
 }
 
 // release gives the units back and, once they are back, says so: the order

@@ -22,9 +22,11 @@ const Durable = "inventory-reserve"
 // the order) to log; obs (may be nil) learns of each order it rejects.
 func New(stock *inventory.Stock, log state.Log, obs orderlog.Observer) function.Definition {
 	f := &reserver{stock: stock, log: log, obs: obs, now: time.Now}
-	return function.New("reserve", f.request,
+	return function.Triggered("reserve",
 		function.WithDescription("Reserve the items of an order, all or nothing; keyed by order id, so a repeat returns the first outcome. Runs on OrderCreated."),
-		function.On(orderlog.Stream, orderlog.On(orderlog.Created), Durable, f.onCreated))
+		function.On(orderlog.Stream, orderlog.On(orderlog.Created), Durable, f.onCreated),
+		function.Publishes(orderlog.Stream, orderlog.On(orderlog.StockReserved), orderlog.On(orderlog.StockRejected)),
+		function.WritesBucket(inventory.Bucket))
 }
 
 type reserver struct {
@@ -32,17 +34,6 @@ type reserver struct {
 	log   state.Log
 	obs   orderlog.Observer
 	now   func() time.Time
-}
-
-func (f *reserver) request(ctx context.Context, req *ordersv1.ReserveStockRequest) (*ordersv1.ReserveStockResponse, error) {
-	if err := Validate(req); err != nil {
-		return nil, err
-	}
-	r, err := f.stock.Reserve(ctx, req.GetOrderId(), req.GetItems())
-	if err != nil {
-		return nil, err
-	}
-	return &ordersv1.ReserveStockResponse{OrderId: r.GetOrderId(), Status: r.GetStatus(), Reason: r.GetReason()}, nil
 }
 
 // onCreated reserves a new order's stock and tells the saga how it went. A

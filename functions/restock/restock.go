@@ -29,5 +29,6 @@ func New(stock *inventory.Stock) function.Definition {
 	// would add twice, so the runtime must not retry it.
 	return function.New("restock", restock,
 		function.WithDescription("Add units of a SKU; replies with its new stock levels. Not retried: a caller that lost the reply checks inventory.get first."),
-		function.NotIdempotent())
+		function.NotIdempotent(),
+		function.WritesBucket(inventory.Bucket))
 }

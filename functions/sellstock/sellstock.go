@@ -25,9 +25,12 @@ const Durable = "inventory-sell"
 // obs (may be nil) learns of each order it confirms.
 func New(stock *inventory.Stock, log state.Log, obs orderlog.Observer) function.Definition {
 	f := &seller{stock: stock, log: log, obs: obs, now: time.Now}
-	return function.New("sell", f.request,
+	return function.Triggered("sell",
 		function.WithDescription("Move an order's reserved units to sold; keyed by order id, so a repeat changes nothing. Runs on PaymentCharged."),
-		function.On(orderlog.Stream, orderlog.On(orderlog.PaymentCharged), Durable, f.onCharged))
+		function.On(orderlog.Stream, orderlog.On(orderlog.PaymentCharged), Durable, f.onCharged),
+		function.Publishes(orderlog.Stream, orderlog.On(orderlog.StockSold)),
+		function.Reads(orderlog.Stream),
+		function.WritesBucket(inventory.Bucket))
 }
 
 type seller struct {
@@ -35,17 +38,6 @@ type seller struct {
 	log   state.Log
 	obs   orderlog.Observer
 	now   func() time.Time
-}
-
-func (f *seller) request(ctx context.Context, req *ordersv1.SellStockRequest) (*ordersv1.SellStockResponse, error) {
-	if err := validate.OrderID("order_id", req.GetOrderId()); err != nil {
-		return nil, err
-	}
-	r, err := f.stock.Sell(ctx, req.GetOrderId())
-	if err != nil {
-		return nil, err
-	}
-	return &ordersv1.SellStockResponse{OrderId: req.GetOrderId(), Status: r.GetStatus()}, nil
 }
 
 // onCharged sells a paid order's units and confirms the order with

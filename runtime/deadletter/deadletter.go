@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	runtimev1 "github.com/orderflow/orderflow/proto/gen/runtime/v1"
 	"github.com/orderflow/orderflow/runtime/function"
@@ -26,7 +27,57 @@ var Service = function.Service{Name: "deadletters", Version: "0.1.0",
 // Store is where dead letters are kept.
 type Store interface {
 	List(ctx context.Context, after uint64, limit int) ([]*runtimev1.DeadLetter, error)
-	Replay(ctx context.Context, seq uint64) (*runtimev1.ReplayDeadLetterResponse, error)
+	// Replay publishes dead letter seq's message again, if t allows it.
+	Replay(ctx context.Context, seq uint64, t Target) (*runtimev1.ReplayDeadLetterResponse, error)
+}
+
+// Target is what a replay may publish: a dead letter is replayed only if
+// it came from Stream on a subject matching Subject, and only with the
+// headers named in Headers (never a Nats-* control header of the stored
+// letter, which anyone who could write a dead letter could have set).
+type Target struct {
+	Stream string
+	// Subject is a pattern with * and > wildcards ("ORDER.*.*").
+	Subject string
+	Headers []string
+	// Check, when set, vets the message itself (its type agrees with its
+	// subject, say); an error refuses the replay with a 400.
+	Check func(subject string, header map[string][]string, data []byte) error
+}
+
+// ErrNotReplayable refuses a replay the target does not allow (400).
+var ErrNotReplayable = fmt.Errorf("%w: not replayable", function.ErrInvalid)
+
+// Allows reports why t refuses a message from stream on subject, or nil.
+func (t Target) Allows(stream, subject string, header map[string][]string, data []byte) error {
+	if stream != t.Stream || !SubjectMatches(t.Subject, subject) {
+		return fmt.Errorf("%w: its message came from %s on %q; only messages of %s on %s are replayed", ErrNotReplayable, stream, subject, t.Stream, t.Subject)
+	}
+	if t.Check != nil {
+		if err := t.Check(subject, header, data); err != nil {
+			return fmt.Errorf("%w: %w", ErrNotReplayable, err)
+		}
+	}
+	return nil
+}
+
+// SubjectMatches reports whether subject matches pattern, where a * token
+// matches any one token and a final > one or more.
+func SubjectMatches(pattern, subject string) bool {
+	pt, st := strings.Split(pattern, "."), strings.Split(subject, ".")
+	for i, p := range pt {
+		switch {
+		case p == ">" && i == len(pt)-1:
+			return len(st) > i
+		case i >= len(st):
+			return false
+		case p != "*" && p != st[i]:
+			return false
+		case st[i] == "":
+			return false
+		}
+	}
+	return len(pt) == len(st)
 }
 
 // Limits of one list.
@@ -50,19 +101,24 @@ func List(s Store) function.Definition {
 			return nil, err
 		}
 		return &runtimev1.ListDeadLettersResponse{DeadLetters: dls}, nil
-	}, function.WithDescription("Dead letters, oldest first: original subject, consumer, error, attempts and the message."))
+	}, function.WithDescription("Dead letters, oldest first: original subject, consumer, error, attempts and the message."),
+		function.Reads(Stream))
 }
 
-// Replay returns the deadletters.replay function.
-func Replay(s Store) function.Definition {
+// Replay returns the deadletters.replay function, which replays only what
+// t allows.
+func Replay(s Store, t Target) function.Definition {
 	return function.New("replay", func(ctx context.Context, req *runtimev1.ReplayDeadLetterRequest) (*runtimev1.ReplayDeadLetterResponse, error) {
 		if req.GetSequence() == 0 {
 			return nil, function.Invalid("sequence", "required: the dead letter's sequence from deadletters.list")
 		}
-		resp, err := s.Replay(ctx, req.GetSequence())
+		resp, err := s.Replay(ctx, req.GetSequence(), t)
 		if errors.Is(err, state.ErrNotFound) {
 			return nil, fmt.Errorf("dead letter %d: %w", req.GetSequence(), function.ErrNotFound)
 		}
 		return resp, err
-	}, function.WithDescription("Publish a dead letter's message again on its original subject, then remove it from the dead-letter stream."))
+	}, function.WithDescription("Publish a dead letter's message again on its original subject, then remove it from the dead-letter stream. Only events of the order log are replayed."),
+		function.Reads(Stream),
+		function.DeletesFrom(Stream),
+		function.Publishes(t.Stream, t.Subject))
 }

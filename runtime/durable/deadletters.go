@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -109,39 +111,47 @@ func decodeDeadLetter(m *jetstream.RawStreamMsg) (*runtimev1.DeadLetter, error) 
 }
 
 // Replay publishes dead letter seq's message again on its original subject,
-// with its original headers, then deletes the dead letter. If handling fails
-// again, the message comes back as a new dead letter.
-func (d *DeadLetters) Replay(ctx context.Context, seq uint64) (*runtimev1.ReplayDeadLetterResponse, error) {
+// if t allows it, with only the headers t names, then deletes the dead
+// letter. If handling fails again, the message comes back as a new dead
+// letter.
+func (d *DeadLetters) Replay(ctx context.Context, seq uint64, t deadletter.Target) (*runtimev1.ReplayDeadLetterResponse, error) {
 	s, err := d.js.Stream(ctx, d.stream)
 	if err != nil {
-		return nil, err
+		return nil, classify("stream "+d.stream, err)
 	}
 	raw, err := s.GetMsg(ctx, seq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, fmt.Errorf("dead letter %d: %w", seq, ErrNotFound)
 	}
 	if err != nil {
-		return nil, err
+		return nil, classify(fmt.Sprintf("dead letter %d", seq), err)
 	}
 	dl, err := decodeDeadLetter(raw)
 	if err != nil {
 		return nil, err
 	}
-	m := nats.NewMsg(dl.GetSubject())
-	m.Data = dl.GetData()
+	hdr := nats.Header{}
 	for _, h := range dl.GetHeaders() {
-		m.Header.Add(h.GetName(), h.GetValue())
+		if slices.ContainsFunc(t.Headers, func(n string) bool { return strings.EqualFold(n, h.GetName()) }) {
+			hdr.Add(h.GetName(), h.GetValue())
+		}
 	}
+	if err := t.Allows(dl.GetStream(), dl.GetSubject(), hdr, dl.GetData()); err != nil {
+		return nil, fmt.Errorf("dead letter %d: %w", seq, err)
+	}
+	m := nats.NewMsg(dl.GetSubject())
+	m.Data, m.Header = dl.GetData(), hdr
 	// A fresh id: the original one would be dropped as a duplicate, while a
 	// repeat of this replay is still dropped.
 	m.Header.Set(jetstream.MsgIDHeader, "replay/"+d.stream+"/"+strconv.FormatUint(seq, 10))
 	m.Header.Set("Orderflow-Replayed-From", strconv.FormatUint(seq, 10))
-	ack, err := d.js.PublishMsg(ctx, m)
+	// The message must land in the target stream and nowhere else.
+	ack, err := d.js.PublishMsg(ctx, m, jetstream.WithExpectStream(t.Stream))
 	if err != nil {
-		return nil, fmt.Errorf("replay %d to %s: %w", seq, dl.GetSubject(), err)
+		return nil, classify(fmt.Sprintf("replay %d to %s", seq, dl.GetSubject()), err)
 	}
 	if err := s.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil, fmt.Errorf("delete dead letter %d after replay: %w", seq, err)
+		return nil, classify(fmt.Sprintf("delete dead letter %d after replay", seq), err)
 	}
 	return &runtimev1.ReplayDeadLetterResponse{Sequence: seq, Subject: dl.GetSubject(), ReplayedSequence: ack.Sequence}, nil
 }

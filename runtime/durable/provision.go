@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/orderflow/orderflow/runtime/function"
 )
 
 // Resources are the streams, KV buckets and durable consumers a set of
@@ -347,4 +350,58 @@ func (m Mode) open() Mode {
 		return Lookup
 	}
 	return CreateMissing
+}
+
+// ErrUnknownStream is returned for a declaration naming a stream this
+// package does not define.
+var ErrUnknownStream = errors.New("unknown stream")
+
+// ForFunctions is what defs declare they touch, as streams and buckets
+// configured by c: the streams of their triggers, of what they publish and
+// read, the dead-letter stream when any has a trigger (the runtime writes
+// its dead letters), and their buckets. Consumers are the host's to
+// declare (they carry its ack wait).
+func ForFunctions(defs []function.Definition, c Config) (Resources, error) {
+	streams := map[string]bool{}
+	buckets := map[string]bool{}
+	for _, d := range defs {
+		for _, t := range d.Triggers {
+			streams[t.Stream] = true
+			streams[DeadLetterStream] = true
+		}
+		for _, p := range d.Uses.Publishes {
+			streams[p.Stream] = true
+		}
+		for _, s := range append(slices.Clone(d.Uses.Reads), d.Uses.Deletes...) {
+			streams[s] = true
+		}
+		for _, b := range d.Uses.Buckets {
+			buckets[b.Name] = true
+		}
+	}
+	var r Resources
+	for _, name := range slices.Sorted(maps.Keys(streams)) {
+		switch name {
+		case EventStream:
+			r.Streams = append(r.Streams, EventStreamConfig(c))
+		case DeadLetterStream:
+			r.Streams = append(r.Streams, DeadLetterStreamConfig(c))
+		default:
+			return r, fmt.Errorf("%w %q", ErrUnknownStream, name)
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(buckets)) {
+		r.Buckets = append(r.Buckets, BucketConfig(name, c))
+	}
+	return r, nil
+}
+
+// HasStream reports whether r declares stream name.
+func (r Resources) HasStream(name string) bool {
+	return slices.ContainsFunc(r.Streams, func(s jetstream.StreamConfig) bool { return s.Name == name })
+}
+
+// HasBucket reports whether r declares KV bucket name.
+func (r Resources) HasBucket(name string) bool {
+	return slices.ContainsFunc(r.Buckets, func(b jetstream.KeyValueConfig) bool { return b.Bucket == name })
 }

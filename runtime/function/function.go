@@ -63,7 +63,67 @@ type Definition struct {
 	// NotIdempotent says a repeat of a call does the work again, so the
 	// runtime must never retry it, whatever the config says.
 	NotIdempotent bool
+	// Uses is what the function touches besides its endpoint and triggers:
+	// the runtime provisions it, and grants it (and nothing else) to the
+	// function's identity.
+	Uses Uses
 }
+
+// Uses declares the JetStream resources a function touches.
+type Uses struct {
+	// Publishes are the subjects it appends to, by stream.
+	Publishes []Publish
+	// Reads are streams whose messages it reads (an event log).
+	Reads []string
+	// Deletes are streams it deletes single messages from.
+	Deletes []string
+	// Buckets are the KV buckets it reads, and writes if Write is set.
+	Buckets []BucketUse
+}
+
+// Publish is a stream and the subjects (patterns) a function appends to it.
+type Publish struct {
+	Stream   string
+	Subjects []string
+}
+
+// BucketUse is a KV bucket a function reads, and maybe writes.
+type BucketUse struct {
+	Name  string
+	Write bool
+}
+
+// Publishes declares that the function appends messages on subjects (which
+// may be patterns such as "ORDER.*.stock_reserved") to stream.
+func Publishes(stream string, subjects ...string) Option {
+	return func(d *Definition) {
+		d.Uses.Publishes = append(d.Uses.Publishes, Publish{Stream: stream, Subjects: subjects})
+	}
+}
+
+// Reads declares that the function reads the messages of stream.
+func Reads(stream string) Option {
+	return func(d *Definition) { d.Uses.Reads = append(d.Uses.Reads, stream) }
+}
+
+// DeletesFrom declares that the function deletes messages from stream.
+func DeletesFrom(stream string) Option {
+	return func(d *Definition) { d.Uses.Deletes = append(d.Uses.Deletes, stream) }
+}
+
+// ReadsBucket declares that the function reads KV bucket name.
+func ReadsBucket(name string) Option {
+	return func(d *Definition) { d.Uses.Buckets = append(d.Uses.Buckets, BucketUse{Name: name}) }
+}
+
+// WritesBucket declares that the function reads and writes KV bucket name.
+func WritesBucket(name string) Option {
+	return func(d *Definition) { d.Uses.Buckets = append(d.Uses.Buckets, BucketUse{Name: name, Write: true}) }
+}
+
+// Serves reports whether the function answers requests; a function that
+// runs only on its triggers has no request endpoint anyone could call.
+func (d Definition) Serves() bool { return d.Handler != nil }
 
 // Trigger runs an event handler of a function on the messages of a stream
 // that match Subject, through a durable consumer that every pod hosting the
@@ -124,6 +184,25 @@ func WithMiddleware(mw ...Middleware) Option {
 }
 
 var nameRE = regexp.MustCompile(`^[a-z][a-z0-9_-]*$`)
+
+// Triggered is a function that runs only on its triggers (On): a saga step
+// nobody may call. It is a function all the same: hosted by FUNCTIONS,
+// retried by its policy, and listed with its trigger statistics in its
+// service's `nats micro info` and `stats`, but it subscribes to no request
+// subject.
+func Triggered(name string, opts ...Option) Definition {
+	if !nameRE.MatchString(name) {
+		panic(fmt.Sprintf("function: invalid name %q", name))
+	}
+	d := Definition{Name: name}
+	for _, o := range opts {
+		o(&d)
+	}
+	if len(d.Triggers) == 0 {
+		panic(fmt.Sprintf("function: %s runs on triggers but declares none", name))
+	}
+	return d
+}
 
 // New wraps a typed function into a Definition. Name must be a lower-case
 // token ("create"); it panics otherwise, since names are constants in code.

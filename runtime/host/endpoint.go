@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -36,7 +37,22 @@ type endpoint struct {
 }
 
 // metadata names the contract, for `nats micro info`.
+// A function that runs only on its triggers says so, with the events it
+// consumes, in place of a contract.
 func (e *endpoint) metadata() map[string]string {
+	if !e.def.Serves() {
+		var on, events []string
+		for _, t := range e.def.Triggers {
+			on = append(on, t.Stream+" "+t.Subject)
+			events = append(events, string(t.Event.FullName()))
+		}
+		return map[string]string{
+			"description": e.def.Description,
+			"triggers":    strings.Join(on, ", "),
+			"events":      strings.Join(events, ", "),
+			"requests":    "none: runs only on its triggers",
+		}
+	}
 	return map[string]string{
 		"description":  e.def.Description,
 		"request":      string(e.def.Request.FullName()),

@@ -94,7 +94,7 @@ func (h *Host) Add(svc function.Service, def function.Definition) error {
 	if !semverRE.MatchString(svc.Version) {
 		return fmt.Errorf("%w: service %s: version %q is not SemVer", ErrConfig, svc.Name, svc.Version)
 	}
-	if def.Handler == nil || def.NewRequest == nil {
+	if (def.Handler == nil) != (def.NewRequest == nil) || def.Handler == nil && len(def.Triggers) == 0 {
 		return fmt.Errorf("%w: %s.%s: definition has no handler", ErrConfig, svc.Name, def.Name)
 	}
 	s := h.service(svc)
@@ -128,7 +128,7 @@ func (h *Host) Add(svc function.Service, def function.Definition) error {
 		svc:     s,
 		def:     def,
 		subject: subject,
-		handler: function.Chain(def.Handler, reqChain...),
+		handler: chainIf(def.Handler, reqChain),
 		slots:   make(chan struct{}, h.opts.workers),
 		metrics: h.opts.metrics.forFunction(subject),
 		tracer:  h.opts.tracer,
@@ -163,6 +163,14 @@ func (h *Host) Add(svc function.Service, def function.Definition) error {
 	}
 	s.endpoints = append(s.endpoints, e)
 	return nil
+}
+
+// chainIf chains h with mw, or is nil for a function without a handler.
+func chainIf(h function.Handler, mw []function.Middleware) function.Handler {
+	if h == nil {
+		return nil
+	}
+	return function.Chain(h, mw...)
 }
 
 func (h *Host) service(svc function.Service) *service {
@@ -244,6 +252,9 @@ func (h *Host) Start(ctx context.Context) error {
 	for _, s := range h.services {
 		s.started = time.Now().UTC()
 		for _, e := range s.endpoints {
+			if !e.def.Serves() {
+				continue // runs on its triggers only: nothing to call
+			}
 			sub, err := h.nc.QueueSubscribe(e.subject, QueueGroup, func(m *nats.Msg) { h.dispatch(e, m) })
 			if err != nil {
 				return fmt.Errorf("subscribe %s: %w", e.subject, err)

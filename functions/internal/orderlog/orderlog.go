@@ -13,11 +13,10 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
+	"github.com/orderflow/orderflow/runtime/deadletter"
 	"github.com/orderflow/orderflow/runtime/function"
 	"github.com/orderflow/orderflow/runtime/state"
 )
@@ -37,6 +36,69 @@ const (
 
 // Stream is the stream the order events live in.
 const Stream = "ORDERS"
+
+// types are the payload of each event, by its name in the subject. An event
+// whose Event-Type header names another type is not the order's: Fold
+// ignores it, and it is never replayed.
+var types = map[string]proto.Message{
+	Created:         &ordersv1.OrderCreated{},
+	StockReserved:   &ordersv1.StockReserved{},
+	StockRejected:   &ordersv1.StockRejected{},
+	PaymentCharged:  &ordersv1.PaymentCharged{},
+	PaymentDeclined: &ordersv1.PaymentDeclined{},
+	StockReleased:   &ordersv1.StockReleased{},
+	StockSold:       &ordersv1.StockSold{},
+	CancelRequested: &ordersv1.CancelRequested{},
+	PaymentRefunded: &ordersv1.PaymentRefunded{},
+}
+
+// ErrForeignEvent marks a message on an order's subject that is not one of
+// its events: an unknown event name, or a type that disagrees with it.
+var ErrForeignEvent = errors.New("not an order event")
+
+// CheckEvent reports whether a message on subject with type header typ is
+// an order event: ORDER.<order_id>.<event> with the event's own type.
+func CheckEvent(subject, typ string) error {
+	parts := strings.Split(subject, ".")
+	if len(parts) != 3 || parts[0] != "ORDER" || parts[1] == "" {
+		return fmt.Errorf("%w: subject %q is not ORDER.<order_id>.<event>", ErrForeignEvent, subject)
+	}
+	want, ok := types[parts[2]]
+	if !ok {
+		return fmt.Errorf("%w: unknown event %q", ErrForeignEvent, parts[2])
+	}
+	if name := string(want.ProtoReflect().Descriptor().FullName()); typ != name {
+		return fmt.Errorf("%w: %s carries type %q, want %s", ErrForeignEvent, subject, typ, name)
+	}
+	return nil
+}
+
+// ReplayTarget is what a dead letter may be replayed as: an order event on
+// its own subject, with its type, content type and trace context only.
+var ReplayTarget = deadletter.Target{
+	Stream:  Stream,
+	Subject: "ORDER.*.*",
+	Headers: []string{durableEventType, "Content-Type", "traceparent", "tracestate"},
+	Check: func(subject string, header map[string][]string, data []byte) error {
+		typ := ""
+		for k, v := range header {
+			if strings.EqualFold(k, durableEventType) && len(v) > 0 {
+				typ = v[0]
+			}
+		}
+		if err := CheckEvent(subject, typ); err != nil {
+			return err
+		}
+		msg := types[strings.Split(subject, ".")[2]].ProtoReflect().New().Interface()
+		if err := proto.Unmarshal(data, msg); err != nil {
+			return fmt.Errorf("%w: %s does not decode as %s: %v", ErrForeignEvent, subject, typ, err)
+		}
+		return nil
+	},
+}
+
+// durableEventType is the header that names an event's payload type.
+const durableEventType = "Event-Type"
 
 // On is the subject filter of one event across all orders, for triggers.
 func On(event string) string { return "ORDER.*." + event }
@@ -159,12 +221,17 @@ func AppendWhen(ctx context.Context, log state.Log, orderID string, decide Decid
 func Fold(recs []state.Record) (*State, error) {
 	st := &State{Events: make([]*ordersv1.OrderEvent, 0, len(recs))}
 	for _, r := range recs {
-		msg, err := decode(r)
-		if err != nil {
-			return nil, err
-		}
+		// The last sequence counts every message under the order's
+		// subjects, as the server's expected-sequence check does.
 		if r.Sequence > st.LastSequence {
 			st.LastSequence = r.Sequence
+		}
+		if CheckEvent(r.Subject, r.Type) != nil {
+			continue // not the order's event: whoever wrote it, it is not history
+		}
+		msg, err := decode(r)
+		if err != nil {
+			continue // a payload that does not decode is not history either
 		}
 		ev := &ordersv1.OrderEvent{
 			Type:     string(msg.ProtoReflect().Descriptor().Name()),
@@ -243,16 +310,9 @@ func (o Observer) Observe(status ordersv1.OrderStatus, created, now time.Time) {
 	}
 }
 
+// decode decodes an event that CheckEvent accepted.
 func decode(r state.Record) (proto.Message, error) {
-	name := r.Type
-	if name == "" {
-		return nil, fmt.Errorf("event %s #%d: no type", r.Subject, r.Sequence)
-	}
-	mt, err := protoregistry.GlobalTypes.FindMessageByName(protoreflect.FullName(name))
-	if err != nil || !strings.HasPrefix(name, "orders.v1.") {
-		return nil, fmt.Errorf("event %s #%d: unknown type %q", r.Subject, r.Sequence, name)
-	}
-	msg := mt.New().Interface()
+	msg := types[r.Subject[strings.LastIndexByte(r.Subject, '.')+1:]].ProtoReflect().New().Interface()
 	if err := proto.Unmarshal(r.Data, msg); err != nil {
 		return nil, fmt.Errorf("event %s #%d: %w", r.Subject, r.Sequence, err)
 	}
