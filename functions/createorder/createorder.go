@@ -81,11 +81,10 @@ func (c *creator) create(ctx context.Context, req *ordersv1.CreateOrderRequest) 
 		IdempotencyKey: key,
 		CreatedAt:      timestamppb.New(c.now()),
 	}
-	// One write, no read first: the event's message id drops a repeat within
-	// the duplicate window, and expecting no earlier event of the order
-	// catches one after it. Either way the first order is the answer.
+	// One write, no read first: expecting no earlier event of the order
+	// catches a repeat, whenever it comes, and the first order is the answer.
 	e := orderlog.Event(id, orderlog.Created, &ordersv1.OrderCreated{Order: order})
-	e.IfLast = &state.Last{Filter: orderlog.Filter(id)}
+	e.Once, e.IfLast = false, &state.Last{Filter: orderlog.Filter(id)}
 	_, dup, err := c.log.Append(ctx, e)
 	if dup || errors.Is(err, state.ErrConflict) {
 		st, err := orderlog.ReadExisting(ctx, c.log, id)

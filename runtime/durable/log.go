@@ -39,7 +39,8 @@ func OpenLog(ctx context.Context, js jetstream.JetStream, c Config) (*Log, error
 	return &Log{js: js, stream: EventStream, tracer: c.tracer(), reads: r}, nil
 }
 
-// Append implements state.Log: it publishes with Nats-Msg-Id set to e.ID and
+// Append implements state.Log: it publishes with Nats-Msg-Id set to e.ID (if
+// any), with the expected-sequence check of e.Once or e.IfLast, and
 // returns after the stream's ack. A moved log under e.IfLast is
 // state.ErrConflict, whatever code the server answered with.
 func (l *Log) Append(ctx context.Context, e state.Event) (uint64, bool, error) {
@@ -56,11 +57,20 @@ func (l *Log) Append(ctx context.Context, e state.Event) (uint64, bool, error) {
 	if e.ID != "" {
 		opts = append(opts, jetstream.WithMsgID(e.ID))
 	}
-	if e.IfLast != nil {
+	switch {
+	case e.Once && e.IfLast != nil:
+		return 0, false, fmt.Errorf("publish %s: an event is either Once or IfLast", e.Subject)
+	case e.Once:
+		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(0))
+	case e.IfLast != nil:
 		opts = append(opts, jetstream.WithExpectLastSequenceForSubject(e.IfLast.Sequence, e.IfLast.Filter))
 	}
 	ack, err := l.js.PublishMsg(ctx, m, opts...)
 	err = classify("publish "+e.Subject, err)
+	if e.Once && errors.Is(err, state.ErrConflict) {
+		endPublish(span, ack, nil)
+		return 0, true, nil // stored before: by an earlier attempt
+	}
 	endPublish(span, ack, err)
 	if err != nil {
 		return 0, false, err

@@ -39,9 +39,11 @@ func startPublish(ctx context.Context, tracer trace.Tracer, m *nats.Msg, msgID s
 			semconv.MessagingOperationName("publish"),
 			semconv.MessagingDestinationName(m.Subject),
 			semconv.MessagingDestinationTemplate(tmpl),
-			semconv.MessagingMessageID(msgID),
 			semconv.MessagingMessageBodySize(len(m.Data)),
 		)
+		if msgID != "" {
+			span.SetAttributes(semconv.MessagingMessageID(msgID))
+		}
 	}
 	telemetry.Inject(ctx, m.Header)
 	return ctx, span

@@ -216,11 +216,13 @@ func (tr *trigger) handle(msg jetstream.Msg) {
 				semconv.MessagingDestinationName(msg.Subject()),
 				semconv.MessagingDestinationTemplate(tr.t.Subject),
 				semconv.MessagingConsumerGroupName(tr.t.Durable),
-				semconv.MessagingMessageID(msg.Headers().Get(jetstream.MsgIDHeader)),
 				attrDeliveryAttempt.Int(attempt),
 				attrStreamSequence.Int64(int64(streamSeq)),
 				attribute.String("orderflow.function", tr.e.subject),
 			)
+			if id := msg.Headers().Get(jetstream.MsgIDHeader); id != "" {
+				span.SetAttributes(semconv.MessagingMessageID(id))
+			}
 		}
 	}
 	ctx = function.WithCall(ctx, function.Call{

@@ -118,8 +118,14 @@ type Event struct {
 	// Subject carries the order id: ORDER.<order_id>.<event>.
 	Subject string
 	// ID makes publishing idempotent: the log keeps one event per ID
-	// within its duplicate window.
-	ID      string
+	// within its duplicate window. Message ids are stream-wide and anyone
+	// who may publish to the stream can take one first, so the saga's
+	// events use Once instead.
+	ID string
+	// Once stores the event only if its subject holds none yet; a repeat is
+	// reported as a duplicate. Only who may publish on the subject can
+	// stand in its way.
+	Once    bool
 	Payload proto.Message
 	// IfLast, when set, stores the event only if the log has not moved on:
 	// optimistic concurrency over a subject filter, e.g. all of one order's
@@ -146,8 +152,8 @@ type Record struct {
 
 // Log is an append-only, durable event log.
 type Log interface {
-	// Append stores e and returns once it is durable. A repeat of an ID is
-	// not stored again; duplicate reports that.
+	// Append stores e and returns once it is durable. A repeat of an ID, or
+	// of a Once event, is not stored again; duplicate reports that.
 	Append(ctx context.Context, e Event) (seq uint64, duplicate bool, err error)
 	// Read returns the events whose subject matches filter, oldest first.
 	Read(ctx context.Context, filter string) ([]Record, error)

@@ -1,4 +1,4 @@
-// Package orderlog is the order's event log: the subjects and message ids of
+// Package orderlog is the order's event log: the subjects and types of
 // the saga events, and the fold that turns an order's events into its
 // current state. Orders are event-sourced: the ORDERS stream is their only
 // record, so storing an order and publishing OrderCreated are one durable
@@ -119,12 +119,13 @@ func Subject(orderID, event string) string { return "ORDER." + orderID + "." + e
 // Filter matches every event of one order.
 func Filter(orderID string) string { return "ORDER." + orderID + ".>" }
 
-// EventID is the deterministic Nats-Msg-Id of an order's event.
-func EventID(orderID, event string) string { return orderID + "/" + event }
-
-// Event builds the log entry for an order's event.
+// Event builds the log entry for an order's event. Each event happens once
+// per order: a repeat (a redelivered step) finds it stored and is a
+// duplicate. This rests on the subject, which only the event's owner may
+// publish on, and not on a message id, which is stream-wide and could be
+// taken first by anyone who may publish to the stream.
 func Event(orderID, event string, payload proto.Message) state.Event {
-	return state.Event{Subject: Subject(orderID, event), ID: EventID(orderID, event), Payload: payload}
+	return state.Event{Subject: Subject(orderID, event), Once: true, Payload: payload}
 }
 
 // IsTerminal reports whether s never changes again.
@@ -203,7 +204,7 @@ func AppendWhen(ctx context.Context, log state.Log, orderID string, decide Decid
 			return st, false, err
 		}
 		e := Event(orderID, event, payload)
-		e.IfLast = &state.Last{Filter: Filter(orderID), Sequence: st.LastSequence}
+		e.Once, e.IfLast = false, &state.Last{Filter: Filter(orderID), Sequence: st.LastSequence}
 		_, dup, err := log.Append(ctx, e)
 		if again, err := state.Again(ctx, attempt, err); again {
 			continue
