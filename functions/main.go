@@ -145,6 +145,9 @@ func provision(ctx context.Context, cfg config.Config, out io.Writer) error {
 	if err := checkNames(cfg); err != nil {
 		return err
 	}
+	if cfg.NATSURL == "" {
+		return fmt.Errorf("%w: provision needs NATS_URL, the server to provision (the embedded server of `orderflow` provisions itself)", config.ErrInvalid)
+	}
 	sys := &system{cfg: cfg, log: newLogger(cfg, os.Stderr)}
 	defer sys.close()
 	js, err := sys.connect()
@@ -487,6 +490,7 @@ var keepEvery = 5 * time.Second
 func keepResources(ctx context.Context, js jetstream.JetStream, res durable.Resources, log *slog.Logger) {
 	t := time.NewTicker(keepEvery)
 	defer t.Stop()
+	failures := telemetry.NewLimiter(time.Minute)
 	for {
 		select {
 		case <-ctx.Done():
@@ -496,8 +500,9 @@ func keepResources(ctx context.Context, js jetstream.JetStream, res durable.Reso
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		actions, err := durable.Ensure(cctx, js, res, durable.CreateMissing)
 		cancel()
-		if err == nil {
-			logActions(log, actions, true)
+		logActions(log, actions, true)
+		if err != nil && ctx.Err() == nil && failures.Allow() {
+			log.Warn("checking streams and buckets failed", "error", err)
 		}
 	}
 }

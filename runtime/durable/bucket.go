@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 
@@ -27,9 +28,10 @@ func OpenBucket(ctx context.Context, js jetstream.JetStream, name string, c Conf
 	if _, err := Ensure(ctx, js, Resources{Buckets: []jetstream.KeyValueConfig{BucketConfig(name, c)}}, c.Mode.open()); err != nil {
 		return nil, err
 	}
-	kv, err := js.KeyValue(ctx, name)
-	if err != nil {
-		return nil, classify("bucket "+name, err)
+	call := startCall(ctx)
+	kv, err := js.KeyValue(call.ctx, name)
+	if err = call.done("bucket "+name, err); err != nil {
+		return nil, err
 	}
 	r, err := newReads(ctx, js, BucketStream(name))
 	if err != nil {
@@ -38,43 +40,37 @@ func OpenBucket(ctx context.Context, js jetstream.JetStream, name string, c Conf
 	return &Bucket{kv: kv, name: name, subjects: "$KV." + name + ".", reads: r}, nil
 }
 
-// Get implements state.Store. It reads from the stream leader when the
-// bucket is replicated, so it sees every write acknowledged before it.
+// Get implements state.Store. It reads from the stream leader, so it sees
+// every write acknowledged before it.
 func (b *Bucket) Get(ctx context.Context, key string, into proto.Message) (uint64, error) {
-	data, rev, err := b.get(ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrMsgNotFound) {
+	c := startCall(ctx)
+	m, err := b.reads.leaderGet(c.ctx, msgGetRequest{LastFor: b.subjects + key})
+	if err == nil && deleted(m.Header) {
+		err = jetstream.ErrMsgNotFound
+	}
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		c.cancel()
 		return 0, fmt.Errorf("%s/%s: %w", b.name, key, state.ErrNotFound)
 	}
-	if err != nil {
-		return 0, classify("get "+b.name+"/"+key, err)
+	if err = c.done("get "+b.name+"/"+key, err); err != nil {
+		return 0, err
 	}
-	if err := proto.Unmarshal(data, into); err != nil {
+	if err := proto.Unmarshal(m.Data, into); err != nil {
 		return 0, fmt.Errorf("decode %s/%s: %w", b.name, key, err)
 	}
-	return rev, nil
+	return m.Sequence, nil
 }
 
-func (b *Bucket) get(ctx context.Context, key string) ([]byte, uint64, error) {
-	if !b.reads.fromLeader(ctx) {
-		e, err := b.kv.Get(ctx, key)
-		if err != nil {
-			return nil, 0, err
-		}
-		return e.Value(), e.Revision(), nil
-	}
-	m, err := b.reads.leaderGet(ctx, msgGetRequest{LastFor: b.subjects + key})
-	if err != nil {
-		return nil, 0, err
-	}
-	switch m.Header.Get(kvOperationHeader) {
+// deleted reports a KV delete or purge, or a marker the server left where
+// a key expired or was removed: the key has no value, as nats.go's KV Get
+// says too.
+func deleted(h nats.Header) bool {
+	switch h.Get("KV-Operation") {
 	case "DEL", "PURGE":
-		return nil, 0, jetstream.ErrKeyNotFound
+		return true
 	}
-	return m.Data, m.Sequence, nil
+	return h.Get(jetstream.MarkerReasonHeader) != ""
 }
-
-// kvOperationHeader marks a KV delete or purge.
-const kvOperationHeader = "KV-Operation"
 
 var marshal = proto.MarshalOptions{}
 
@@ -85,10 +81,11 @@ func (b *Bucket) Put(ctx context.Context, key string, value proto.Message, rev u
 	if err != nil {
 		return fmt.Errorf("encode %s/%s: %w", b.name, key, err)
 	}
+	c := startCall(ctx)
 	if rev == 0 {
-		_, err = b.kv.Create(ctx, key, data)
+		_, err = b.kv.Create(c.ctx, key, data)
 	} else {
-		_, err = b.kv.Update(ctx, key, data, rev)
+		_, err = b.kv.Update(c.ctx, key, data, rev)
 	}
-	return classify("put "+b.name+"/"+key, err)
+	return c.done("put "+b.name+"/"+key, err)
 }

@@ -72,8 +72,9 @@ func (d *DeadLetters) Put(ctx context.Context, dl *runtimev1.DeadLetter) error {
 	m.Header.Set(EventTypeHeader, string(dl.ProtoReflect().Descriptor().FullName()))
 	id := fmt.Sprintf("%s/%d/%s", dl.GetStream(), dl.GetStreamSequence(), dl.GetConsumer())
 	ctx, span := startPublish(ctx, d.tracer, m, id)
-	ack, err := d.js.PublishMsg(ctx, m, jetstream.WithMsgID(id))
-	err = classify("dead letter "+id, err)
+	c := startCall(ctx)
+	ack, err := d.js.PublishMsg(c.ctx, m, jetstream.WithMsgID(id))
+	err = c.done("dead letter "+id, err)
 	endPublish(span, ack, err)
 	return err
 }
@@ -117,14 +118,14 @@ func decodeDeadLetter(m *jetstream.RawStreamMsg) (*runtimev1.DeadLetter, error) 
 func (d *DeadLetters) Replay(ctx context.Context, seq uint64, t deadletter.Target) (*runtimev1.ReplayDeadLetterResponse, error) {
 	s, err := d.js.Stream(ctx, d.stream)
 	if err != nil {
-		return nil, classify("stream "+d.stream, err)
+		return nil, classify(false, "stream "+d.stream, err)
 	}
 	raw, err := s.GetMsg(ctx, seq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, fmt.Errorf("dead letter %d: %w", seq, ErrNotFound)
 	}
 	if err != nil {
-		return nil, classify(fmt.Sprintf("dead letter %d", seq), err)
+		return nil, classify(false, fmt.Sprintf("dead letter %d", seq), err)
 	}
 	dl, err := decodeDeadLetter(raw)
 	if err != nil {
@@ -148,10 +149,10 @@ func (d *DeadLetters) Replay(ctx context.Context, seq uint64, t deadletter.Targe
 	// The message must land in the target stream and nowhere else.
 	ack, err := d.js.PublishMsg(ctx, m, jetstream.WithExpectStream(t.Stream))
 	if err != nil {
-		return nil, classify(fmt.Sprintf("replay %d to %s", seq, dl.GetSubject()), err)
+		return nil, classify(false, fmt.Sprintf("replay %d to %s", seq, dl.GetSubject()), err)
 	}
 	if err := s.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil, classify(fmt.Sprintf("delete dead letter %d after replay", seq), err)
+		return nil, classify(false, fmt.Sprintf("delete dead letter %d after replay", seq), err)
 	}
 	return &runtimev1.ReplayDeadLetterResponse{Sequence: seq, Subject: dl.GetSubject(), ReplayedSequence: ack.Sequence}, nil
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -36,11 +38,52 @@ func IsConflict(err error) bool {
 	return false
 }
 
+// opTimeout bounds one JetStream call. A healthy server answers in
+// milliseconds; one that has not answered by then is between leaders or
+// down, and the call is reported unavailable while the caller's own
+// deadline still has time left to act on that.
+const opTimeout = 2 * time.Second
+
+// minCallTime is the least a caller must leave a call for a timeout to be
+// JetStream's: a call started with less than that, or with the caller's
+// context already ended, timed out because the caller ran out of time (a
+// slow function, not an outage).
+const minCallTime = 250 * time.Millisecond
+
+// jsCall is one JetStream call made for a caller.
+type jsCall struct {
+	ctx     context.Context // the caller's, bounded by opTimeout
+	cancel  context.CancelFunc
+	starved bool // the caller left it less than minCallTime
+}
+
+func startCall(ctx context.Context) jsCall {
+	c := jsCall{starved: ctx.Err() != nil}
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < minCallTime {
+		c.starved = true
+	}
+	c.ctx, c.cancel = context.WithTimeout(ctx, opTimeout)
+	return c
+}
+
+// done ends the call and classifies its error.
+func (c jsCall) done(what string, err error) error {
+	c.cancel()
+	return classify(c.starved, what, err)
+}
+
+// unavailableCodes are the API errors that mean "not right now": no
+// quorum (10008), an expected-sequence check the new leader cannot answer
+// yet (10163), JetStream starting (10076, 10039), and a retry that meets
+// the first attempt with the same message id still in flight (10158).
+var unavailableCodes = []jetstream.ErrorCode{10008, 10163, 10076, 10039, 10158}
+
 // IsUnavailable reports whether err means JetStream cannot answer right now:
-// no responders or no reply (a stream or consumer between leaders, a
-// restarting server), a connection that is reconnecting, or a 503 from the
-// server (no quorum, JetStream starting). None of these is the caller's
-// fault, and each heals by itself.
+// no responders or no reply in time (a stream or consumer between leaders,
+// a restarting server), a connection that is reconnecting, or one of the
+// server's "not right now" errors. None of these is the caller's fault, and
+// each heals by itself. Other 503s (a full store, an account without
+// JetStream) do not heal by waiting and are not included.
 func IsUnavailable(err error) bool {
 	if err == nil {
 		return false
@@ -50,8 +93,7 @@ func IsUnavailable(err error) bool {
 	}
 	for _, e := range []error{
 		context.DeadlineExceeded, nats.ErrTimeout, nats.ErrNoResponders, jetstream.ErrNoStreamResponse,
-		nats.ErrConnectionReconnecting, nats.ErrDisconnected, nats.ErrStaleConnection, nats.ErrConnectionClosed,
-		nats.ErrConnectionDraining,
+		nats.ErrConnectionReconnecting, nats.ErrDisconnected, nats.ErrStaleConnection,
 		jetstream.ErrJetStreamNotEnabled, jetstream.ErrJetStreamNotEnabledForAccount,
 		// A stream that is missing is waited for too: right after a restart
 		// the server may not have recovered it yet, and an operator's delete
@@ -64,20 +106,23 @@ func IsUnavailable(err error) bool {
 	}
 	var api *jetstream.APIError
 	if errors.As(err, &api) {
-		return api.Code == 503 || api.ErrorCode == jetstream.JSErrCodeStreamNotFound
+		return slices.Contains(unavailableCodes, api.ErrorCode) || api.ErrorCode == jetstream.JSErrCodeStreamNotFound
 	}
 	return false
 }
 
-// classify wraps err from a JetStream call on what so that callers can tell
-// a lost race (state.ErrConflict) and an outage (function.ErrUnavailable)
-// from anything else.
-func classify(what string, err error) error {
+// classify wraps err from a JetStream call on what, so that callers can
+// tell a lost race (state.ErrConflict) and an outage (function.ErrUnavailable)
+// from anything else. A timeout of a starved call is the caller's (it ran
+// out of time, JetStream did not) and stays what it is.
+func classify(starved bool, what string, err error) error {
 	switch {
 	case err == nil:
 		return nil
 	case IsConflict(err):
 		return fmt.Errorf("%s: %w: %w", what, state.ErrConflict, err)
+	case starved && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)):
+		return fmt.Errorf("%s: %w", what, err)
 	case IsUnavailable(err):
 		return fmt.Errorf("%s: %w: %w", what, function.ErrUnavailable, err)
 	}

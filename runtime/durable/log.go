@@ -65,8 +65,9 @@ func (l *Log) Append(ctx context.Context, e state.Event) (uint64, bool, error) {
 	case e.IfLast != nil:
 		opts = append(opts, jetstream.WithExpectLastSequenceForSubject(e.IfLast.Sequence, e.IfLast.Filter))
 	}
-	ack, err := l.js.PublishMsg(ctx, m, opts...)
-	err = classify("publish "+e.Subject, err)
+	c := startCall(ctx)
+	ack, err := l.js.PublishMsg(c.ctx, m, opts...)
+	err = c.done("publish "+e.Subject, err)
 	if e.Once && errors.Is(err, state.ErrConflict) {
 		endPublish(span, ack, nil)
 		return 0, true, nil // stored before: by an earlier attempt
@@ -81,29 +82,29 @@ func (l *Log) Append(ctx context.Context, e state.Event) (uint64, bool, error) {
 // historyBatch bounds one read; an order has a handful of events.
 const historyBatch = 1000
 
-// Read implements state.Log. It sees every event acknowledged before it: on
-// an R1 stream one direct batch get; on a replicated stream the leader names
-// the last matching event first, and the direct batch get (which any replica
-// may answer) is used only if it reaches that event, else the events are
-// read from the leader one by one.
+// Read implements state.Log. It sees every event acknowledged before it:
+// the stream leader names the order's last event first, and the direct
+// batch get (which any replica may answer) is used only if it reaches that
+// event; else the events are read from the leader one by one.
 func (l *Log) Read(ctx context.Context, filter string) ([]state.Record, error) {
-	if !l.reads.fromLeader(ctx) {
-		recs, err := l.readDirect(ctx, filter)
-		return recs, classify("read "+filter, err)
-	}
-	last, err := l.reads.leaderGet(ctx, msgGetRequest{LastFor: filter})
+	c := startCall(ctx)
+	last, err := l.reads.leaderGet(c.ctx, msgGetRequest{LastFor: filter})
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		c.cancel()
 		return nil, nil
 	}
-	if err != nil {
-		return nil, classify("read "+filter, err)
+	if err = c.done("read "+filter, err); err != nil {
+		return nil, err
 	}
-	recs, err := l.readDirect(ctx, filter)
+	c = startCall(ctx)
+	recs, err := l.readDirect(c.ctx, filter)
+	c.cancel()
 	if err == nil && len(recs) > 0 && recs[len(recs)-1].Sequence >= last.Sequence {
 		return recs, nil
 	}
-	recs, err = l.readLeader(ctx, filter)
-	return recs, classify("read "+filter, err)
+	c = startCall(ctx)
+	recs, err = l.readLeader(c.ctx, filter)
+	return recs, c.done("read "+filter, err)
 }
 
 func (l *Log) readDirect(ctx context.Context, filter string) ([]state.Record, error) {

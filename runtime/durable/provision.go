@@ -159,13 +159,13 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.Str
 		}
 	}
 	if err != nil {
-		return a, classify("stream "+cfg.Name, err)
+		return a, classify(false, "stream "+cfg.Name, err)
 	}
 	have := s.CachedInfo().Config
 	a.Differs = streamDiff(have, cfg)
 	if a.Differs != "" && mode == Apply {
-		if _, err := js.UpdateStream(ctx, withKept(cfg, have)); err != nil {
-			return a, classify("update stream "+cfg.Name, err)
+		if _, err := js.UpdateStream(ctx, owned(have, cfg)); err != nil {
+			return a, classify(false, "update stream "+cfg.Name, err)
 		}
 		a.Did, a.Differs = "updated", ""
 	}
@@ -206,12 +206,15 @@ func once(ctx context.Context, fn func(context.Context) error) error {
 	return fn(ctx)
 }
 
-// withKept is cfg with the settings of have that orderflow does not
-// declare, so that an update changes only what orderflow owns.
-func withKept(cfg, have jetstream.StreamConfig) jetstream.StreamConfig {
-	cfg.MaxAge, cfg.MaxBytes, cfg.MaxMsgs, cfg.MaxMsgsPerSubject = have.MaxAge, have.MaxBytes, have.MaxMsgs, have.MaxMsgsPerSubject
-	cfg.Placement = have.Placement
-	return cfg
+// owned is the existing configuration have with the settings orderflow
+// declares taken from want, so that an update changes those and nothing an
+// operator set (limits, compression, placement, metadata, ...).
+func owned(have, want jetstream.StreamConfig) jetstream.StreamConfig {
+	have.Description, have.Subjects, have.Replicas, have.AllowDirect = want.Description, want.Subjects, want.Replicas, want.AllowDirect
+	if want.Duplicates > 0 {
+		have.Duplicates = want.Duplicates
+	}
+	return have
 }
 
 // streamDiff says how have differs from want in what orderflow declares.
@@ -257,9 +260,13 @@ func ensureBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.Key
 		}
 	}
 	if err != nil {
-		return a, classify("bucket "+cfg.Bucket, err)
+		return a, classify(false, "bucket "+cfg.Bucket, err)
 	}
 	have := st.Config()
+	backing := jetstream.StreamConfig{}
+	if kvs, ok := st.(*jetstream.KeyValueBucketStatus); ok {
+		backing = kvs.StreamInfo().Config
+	}
 	var d []string
 	if have.Replicas != cfg.Replicas {
 		d = append(d, fmt.Sprintf("replicas %d, declared %d", have.Replicas, cfg.Replicas))
@@ -269,9 +276,15 @@ func ensureBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.Key
 	}
 	a.Differs = strings.Join(d, "; ")
 	if a.Differs != "" && mode == Apply {
-		cfg.TTL, cfg.MaxBytes = have.TTL, have.MaxBytes
-		if _, err := js.UpdateKeyValue(ctx, cfg); err != nil {
-			return a, classify("update bucket "+cfg.Bucket, err)
+		// The bucket's own stream, changed only where orderflow declares:
+		// UpdateKeyValue would rebuild it from a KeyValueConfig and drop
+		// what an operator set.
+		if backing.Name == "" {
+			return a, fmt.Errorf("update bucket %s: its stream's configuration is unknown", cfg.Bucket)
+		}
+		backing.Replicas, backing.MaxMsgsPerSubject = cfg.Replicas, int64(cfg.History)
+		if _, err := js.UpdateStream(ctx, backing); err != nil {
+			return a, classify(false, "update bucket "+cfg.Bucket, err)
 		}
 		a.Did, a.Differs = "updated", ""
 	}
@@ -279,6 +292,12 @@ func ensureBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.Key
 }
 
 func ensureConsumer(ctx context.Context, js jetstream.JetStream, c Consumer, mode Mode) (Action, error) {
+	_, a, err := EnsureConsumer(ctx, js, c, mode)
+	return a, err
+}
+
+// EnsureConsumer is Ensure for one consumer, which it returns.
+func EnsureConsumer(ctx context.Context, js jetstream.JetStream, c Consumer, mode Mode) (jetstream.Consumer, Action, error) {
 	a := Action{Kind: "consumer", Name: c.Stream + "/" + c.Config.Durable, Did: "exists"}
 	var cons jetstream.Consumer
 	lookup := func(ctx context.Context) (err error) {
@@ -288,28 +307,35 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, c Consumer, mod
 	err := call(ctx, lookup)
 	if errors.Is(err, jetstream.ErrConsumerNotFound) {
 		if mode == Lookup {
-			return a, fmt.Errorf("consumer %s %w", a.Name, ErrMissing)
+			return nil, a, fmt.Errorf("consumer %s %w", a.Name, ErrMissing)
 		}
-		err = once(ctx, func(ctx context.Context) error { _, err := js.CreateConsumer(ctx, c.Stream, c.Config); return err })
+		err = once(ctx, func(ctx context.Context) (err error) {
+			cons, err = js.CreateConsumer(ctx, c.Stream, c.Config)
+			return err
+		})
 		if err == nil {
 			a.Did = "created"
-			return a, nil
+			return cons, a, nil
 		}
 		if errors.Is(err, jetstream.ErrConsumerExists) || IsUnavailable(err) {
 			err = call(ctx, lookup)
 		}
 	}
 	if err != nil {
-		return a, classify("consumer "+a.Name, err)
+		return nil, a, classify(false, "consumer "+a.Name, err)
 	}
-	a.Differs = ConsumerDiff(cons.CachedInfo().Config, c.Config)
+	have := cons.CachedInfo().Config
+	a.Differs = ConsumerDiff(have, c.Config)
 	if a.Differs != "" && mode == Apply {
-		if _, err := js.UpdateConsumer(ctx, c.Stream, c.Config); err != nil {
-			return a, classify("update consumer "+a.Name, err)
+		// Only what orderflow declares changes.
+		have.Description, have.FilterSubject, have.AckWait, have.MaxAckPending, have.MaxDeliver =
+			c.Config.Description, c.Config.FilterSubject, c.Config.AckWait, c.Config.MaxAckPending, c.Config.MaxDeliver
+		if cons, err = js.UpdateConsumer(ctx, c.Stream, have); err != nil {
+			return nil, a, classify(false, "update consumer "+a.Name, err)
 		}
 		a.Did, a.Differs = "updated", ""
 	}
-	return a, nil
+	return cons, a, nil
 }
 
 // ConsumerDiff says how have differs from want in what orderflow declares.
@@ -323,6 +349,9 @@ func ConsumerDiff(have, want jetstream.ConsumerConfig) string {
 	}
 	if want.MaxAckPending > 0 && have.MaxAckPending != want.MaxAckPending {
 		d = append(d, fmt.Sprintf("max ack pending %d, declared %d", have.MaxAckPending, want.MaxAckPending))
+	}
+	if want.MaxDeliver != 0 && have.MaxDeliver != want.MaxDeliver {
+		d = append(d, fmt.Sprintf("max deliver %d, declared %d", have.MaxDeliver, want.MaxDeliver))
 	}
 	if want.Replicas > 0 && have.Replicas != want.Replicas {
 		d = append(d, fmt.Sprintf("replicas %d, declared %d", have.Replicas, want.Replicas))

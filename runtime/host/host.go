@@ -28,6 +28,7 @@ import (
 	"github.com/orderflow/orderflow/runtime/durable"
 	"github.com/orderflow/orderflow/runtime/function"
 	"github.com/orderflow/orderflow/runtime/middleware"
+	"github.com/orderflow/orderflow/runtime/telemetry"
 )
 
 // QueueGroup is the queue group every endpoint subscribes in, as in micro, so
@@ -56,7 +57,7 @@ type Host struct {
 	// consuming is set once the triggers' consume loops run.
 	consuming bool
 	wg        sync.WaitGroup // calls and messages in flight
-	outageLog rateLimit
+	outageLog *telemetry.Limiter
 }
 
 // New returns a Host on nc, which the caller owns and closes after Drain.
@@ -74,7 +75,7 @@ func New(nc *nats.Conn, opts ...Option) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Host{nc: nc, js: js, opts: o, outageLog: rateLimit{every: 5 * time.Second}}, nil
+	return &Host{nc: nc, js: js, opts: o, outageLog: telemetry.NewLimiter(5 * time.Second)}, nil
 }
 
 var semverRE = regexp.MustCompile(`^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$`)
@@ -156,7 +157,7 @@ func (h *Host) Add(svc function.Service, def function.Definition) error {
 			metrics:   h.opts.metrics.forTrigger(subject, t.Durable),
 			outage:    h.opts.outage,
 			provision: h.opts.provision,
-			outageLog: &h.outageLog,
+			outageLog: h.outageLog,
 			quit:      make(chan struct{}),
 			done:      make(chan struct{}),
 		})

@@ -2,7 +2,6 @@ package host
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -43,7 +42,7 @@ type trigger struct {
 	// consumer.
 	outage    time.Duration
 	provision durable.Mode
-	outageLog *rateLimit
+	outageLog *telemetry.Limiter
 
 	mu   sync.Mutex
 	iter jetstream.MessagesContext
@@ -73,25 +72,23 @@ func (tr *trigger) spec() durable.Consumer {
 }
 
 // bind finds the trigger's consumer, creating it when it is missing and the
-// host may. An existing consumer is used as it is, so an operator's change
-// (or one by `provision`) is never reverted by a pod starting.
+// host may, within 10s: a consumer that cannot be bound then is bound by
+// the consume loop later. An existing consumer is used as it is, so an
+// operator's change (or one by `provision`) is never reverted by a pod
+// starting.
 func (tr *trigger) bind(ctx context.Context, js jetstream.JetStream) (jetstream.Consumer, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
 	mode := durable.CreateMissing
 	if tr.provision == durable.Lookup {
 		mode = durable.Lookup
 	}
-	acts, err := durable.Ensure(ctx, js, durable.Resources{Consumers: []durable.Consumer{tr.spec()}}, mode)
+	c, a, err := durable.EnsureConsumer(ctx, js, tr.spec(), mode)
 	if err != nil {
 		return nil, err
 	}
-	for _, a := range acts {
-		if a.Differs != "" {
-			tr.log.Warn("consumer differs from its declaration; `provision` updates it", "consumer", a.Name, "differs", a.Differs)
-		}
-	}
-	c, err := js.Consumer(ctx, tr.t.Stream, tr.t.Durable)
-	if err != nil {
-		return nil, fmt.Errorf("consumer %s on %s: %w", tr.t.Durable, tr.t.Stream, err)
+	if a.Differs != "" {
+		tr.log.Warn("consumer differs from its declaration; `provision` updates it", "consumer", a.Name, "differs", a.Differs)
 	}
 	return c, nil
 }
@@ -110,10 +107,8 @@ func (tr *trigger) run(js jetstream.JetStream, c jetstream.Consumer, wg *sync.Wa
 		if tr.stopped() {
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		var err error
-		c, err = tr.bind(ctx, js)
-		cancel()
+		c, err = tr.bind(context.Background(), js)
 		if err != nil {
 			tr.log.Warn("binding consumer failed, retrying", "consumer", tr.t.Durable, "error", err, "in", wait)
 		}
@@ -305,7 +300,7 @@ func (tr *trigger) rideOut(ctx context.Context, msg jetstream.Msg, err error) (_
 		if waited >= tr.outage {
 			return err, false
 		}
-		if tr.outageLog.allow() {
+		if tr.outageLog.Allow() {
 			tr.log.WarnContext(ctx, "JetStream unavailable; waiting without spending attempts",
 				"consumer", tr.t.Durable, "waited", waited.Round(time.Millisecond), "horizon", tr.outage, "error", err)
 		}
@@ -320,24 +315,6 @@ func (tr *trigger) rideOut(ctx context.Context, msg jetstream.Msg, err error) (_
 		err = tr.call(ctx, msg)
 	}
 	return err, false
-}
-
-// rateLimit lets one event through per interval, for log lines that an
-// outage would otherwise repeat for every message.
-type rateLimit struct {
-	every time.Duration
-	mu    sync.Mutex
-	last  time.Time
-}
-
-func (r *rateLimit) allow() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if now := time.Now(); now.Sub(r.last) >= r.every {
-		r.last = now
-		return true
-	}
-	return false
 }
 
 // keepInProgress tells the server every AckWait/3 that msg is still being

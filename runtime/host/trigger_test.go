@@ -343,3 +343,40 @@ func TestTriggerOutageHorizon(t *testing.T) {
 		t.Errorf("stats %+v after %d calls, want 3 attempts of several calls each, then a dead letter", st, calls.Load())
 	}
 }
+
+// A pod drained during an outage stops waiting at once and hands the
+// message back (a NAK, no dead letter): another pod takes it when
+// JetStream answers again. The handback is a redelivery, so it counts as
+// a delivery attempt.
+func TestTriggerDrainDuringAnOutage(t *testing.T) {
+	env := newTriggerEnv(t)
+	reg := prometheus.NewRegistry()
+	a := env.startTriggered(t, func(ctx context.Context, ev *ordersv1.StockSold) error {
+		return fmt.Errorf("publish: %w", function.ErrUnavailable)
+	}, host.WithOutageHorizon(time.Minute), host.WithMetrics(host.NewMetrics(reg)))
+	env.publish(t, "EV.o-1", &ordersv1.StockSold{OrderId: "o-1"})
+	waitFor(t, func() bool { return counter(t, reg, "orderflow_messages_waiting_on_jetstream") == 1 })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := a.Drain(ctx); err != nil {
+		t.Fatalf("drain: %v", err)
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("drain took %s while waiting out an outage, want it to stop waiting", took)
+	}
+
+	var log attemptLog
+	env.startTriggered(t, func(ctx context.Context, ev *ordersv1.StockSold) error {
+		log.record(ctx)
+		return nil
+	})
+	env.waitIdle(t)
+	if log.String() != "[2]" {
+		t.Errorf("attempts on the second pod %v, want the second delivery", log.String())
+	}
+	if n, err := env.dead.List(context.Background(), 0, 10); err != nil || len(n) != 0 {
+		t.Errorf("dead letters %v, %v; want none for an outage", n, err)
+	}
+}

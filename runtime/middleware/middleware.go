@@ -102,7 +102,9 @@ func Retry(p retry.Policy) function.Middleware {
 				if err == nil || function.IsPermanent(err) || ctx.Err() != nil || p.MaxAttempts == 1 {
 					return resp, err
 				}
-				if !function.IsUnavailable(err) {
+				// Without a deadline nothing would bound an outage's
+				// retries: then an outage counts as an attempt too.
+				if _, bounded := ctx.Deadline(); !function.IsUnavailable(err) || !bounded {
 					if p.Exhausted(attempt) {
 						return resp, err
 					}

@@ -3,6 +3,8 @@ package telemetry
 import (
 	"context"
 	"log/slog"
+	"sync"
+	"time"
 
 	"go.opentelemetry.io/otel/trace"
 
@@ -41,4 +43,26 @@ func (h *logHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
 
 func (h *logHandler) WithGroup(name string) slog.Handler {
 	return &logHandler{next: h.next.WithGroup(name)}
+}
+
+// Limiter lets one event through per interval: for log lines that a lasting
+// condition (an outage) would otherwise repeat for every message.
+type Limiter struct {
+	every time.Duration
+	mu    sync.Mutex
+	last  time.Time
+}
+
+// NewLimiter lets one event through every d.
+func NewLimiter(d time.Duration) *Limiter { return &Limiter{every: d} }
+
+// Allow reports whether an event may pass now.
+func (l *Limiter) Allow() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now := time.Now(); now.Sub(l.last) >= l.every {
+		l.last = now
+		return true
+	}
+	return false
 }
