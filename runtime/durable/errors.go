@@ -44,24 +44,19 @@ func IsConflict(err error) bool {
 // deadline still has time left to act on that.
 const opTimeout = 2 * time.Second
 
-// minCallTime is the least a caller must leave a call for a timeout to be
-// JetStream's: a call started with less than that, or with the caller's
-// context already ended, timed out because the caller ran out of time (a
-// slow function, not an outage).
-const minCallTime = 250 * time.Millisecond
-
-// jsCall is one JetStream call made for a caller.
+// jsCall is one JetStream call made for a caller. A call the caller starts
+// with its context already ended is starved: its timeout is the caller's
+// (a function slower than its deadline), not an outage. Any other timeout
+// is JetStream not answering, even when the caller's deadline is the one
+// that fired: an outage eats the caller's time before it shows.
 type jsCall struct {
 	ctx     context.Context // the caller's, bounded by opTimeout
 	cancel  context.CancelFunc
-	starved bool // the caller left it less than minCallTime
+	starved bool
 }
 
 func startCall(ctx context.Context) jsCall {
 	c := jsCall{starved: ctx.Err() != nil}
-	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < minCallTime {
-		c.starved = true
-	}
 	c.ctx, c.cancel = context.WithTimeout(ctx, opTimeout)
 	return c
 }

@@ -76,18 +76,18 @@ func TestClassify(t *testing.T) {
 	}
 }
 
-// A call the caller starts with too little time left, or none, is starved:
-// its timeout is the caller's.
+// A call the caller starts with its context ended is starved: its timeout
+// is the caller's.
 func TestStartCallStarved(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if c := startCall(ctx); c.starved {
 		t.Error("a call with a minute left is starved")
 	}
-	short, cancel2 := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	ended, cancel2 := context.WithTimeout(context.Background(), -time.Second)
 	defer cancel2()
-	if c := startCall(short); !c.starved {
-		t.Error("a call with 10ms left is not starved")
+	if c := startCall(ended); !c.starved {
+		t.Error("a call on an ended context is not starved")
 	}
 	if c := startCall(context.Background()); c.starved {
 		t.Error("a call without a deadline is starved")
