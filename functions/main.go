@@ -7,11 +7,13 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"slices"
@@ -42,6 +44,7 @@ import (
 	"github.com/orderflow/orderflow/functions/restock"
 	"github.com/orderflow/orderflow/functions/sellstock"
 	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
+	"github.com/orderflow/orderflow/runtime/authz"
 	"github.com/orderflow/orderflow/runtime/config"
 	"github.com/orderflow/orderflow/runtime/deadletter"
 	"github.com/orderflow/orderflow/runtime/durable"
@@ -97,15 +100,28 @@ func registry(s stores) []registration {
 	}
 }
 
+const usage = `usage: orderflow [command]
+  serve                   run the functions (the default)
+  provision               create or update every stream, bucket and consumer, then exit
+  authz [--account NAME]  print the nats-server permissions of every role, for include
+`
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	cmd := "serve"
+	cmd, args := "serve", []string(nil)
 	if len(os.Args) > 1 {
-		cmd = os.Args[1]
+		cmd, args = os.Args[1], os.Args[2:]
+	}
+	if cmd == "authz" {
+		fs := flag.NewFlagSet("authz", flag.ExitOnError)
+		account := fs.String("account", "", "put the users in this JetStream-enabled account instead of the global one")
+		_ = fs.Parse(args)
+		fmt.Print(authz.Config(roles(), *account))
+		return
 	}
 	if cmd != "serve" && cmd != "provision" {
-		fmt.Fprintf(os.Stderr, "usage: orderflow [serve|provision]\n  serve      run the functions (default)\n  provision  create or update every stream, bucket and consumer, then exit\n")
+		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)
 	}
 	cfg, err := config.Load()
@@ -125,6 +141,22 @@ func main() {
 		fmt.Fprintln(os.Stderr, "orderflow:", err)
 		os.Exit(1)
 	}
+}
+
+// roles are the identities of the registry's functions, with their
+// permissions.
+func roles() []authz.Role {
+	var fns []authz.Function
+	for _, r := range registry(stores{}) {
+		fns = append(fns, authz.Function{Service: r.svc.Name, Def: r.def})
+	}
+	return authz.Roles(fns, authz.Settings{
+		APIPrefix:         strings.TrimSuffix(jetstream.DefaultAPIPrefix, "."),
+		QueueGroup:        host.QueueGroup,
+		DeadLetterStream:  durable.DeadLetterStream,
+		DeadLetterSubject: durable.DeadLetterSubject,
+		BucketStream:      durable.BucketStream,
+	})
 }
 
 // run serves until ctx ends, then drains.
@@ -150,7 +182,7 @@ func provision(ctx context.Context, cfg config.Config, out io.Writer) error {
 	}
 	sys := &system{cfg: cfg, log: newLogger(cfg, os.Stderr)}
 	defer sys.close()
-	js, err := sys.connect()
+	js, err := sys.connect("admin")
 	if err != nil {
 		return err
 	}
@@ -240,13 +272,13 @@ func start(ctx context.Context, cfg config.Config, out io.Writer, tp trace.Trace
 		sys.tracing, tp = &tr, tr.Provider
 	}
 
-	js, err := sys.connect()
-	if err != nil {
-		return nil, err
-	}
 	// What the hosted functions declare decides what is provisioned and
 	// opened: a pod of one role touches only its own streams and buckets.
 	selected, err := selectFunctions(registry(stores{}), cfg.Functions)
+	if err != nil {
+		return nil, err
+	}
+	js, err := sys.connect(roleOf(selected))
 	if err != nil {
 		return nil, err
 	}
@@ -318,6 +350,9 @@ func start(ctx context.Context, cfg config.Config, out io.Writer, tp trace.Trace
 		sys.stopBackground = cancel
 		go keepResources(bg, js, res, sys.log)
 	}
+	if cfg.PProf {
+		sys.health.ServeProfiles()
+	}
 	if cfg.HTTPAddr != "off" {
 		ln, err := net.Listen("tcp", cfg.HTTPAddr)
 		if err != nil {
@@ -331,15 +366,26 @@ func start(ctx context.Context, cfg config.Config, out io.Writer, tp trace.Trace
 			}
 		}()
 	}
-	sys.log.Info("orderflow serving", "functions", strings.Join(sys.host.Subjects(), ","), "nats", sys.url,
+	sys.log.Info("orderflow serving", "functions", strings.Join(sys.host.Subjects(), ","), "nats", redact(sys.url),
 		"http", sys.httpAddr, "workers", cfg.WorkerPoolSize)
 	return sys, nil
 }
 
 // connect starts the embedded server when NATS_URL is empty, and connects.
-func (s *system) connect() (jetstream.JetStream, error) {
+// role is the identity this process acts as, whose inbox it uses: the
+// service when it hosts one service's functions, "functions" for more,
+// "admin" for provisioning.
+func (s *system) connect(role string) (jetstream.JetStream, error) {
 	s.url = s.cfg.NATSURL
-	var connOpts []nats.Option
+	connOpts, err := credentials(s.cfg)
+	if err != nil {
+		return nil, err
+	}
+	inbox := s.cfg.NATSInboxPrefix
+	if inbox == "" {
+		inbox = authz.Inbox(role)
+	}
+	connOpts = append(connOpts, nats.CustomInboxPrefix(inbox))
 	if s.url == "" {
 		opts, err := natsserver.Load(s.cfg.NATSConf)
 		if err != nil {
@@ -354,7 +400,8 @@ func (s *system) connect() (jetstream.JetStream, error) {
 		}
 		s.url = s.srv.ClientURL()
 		connOpts = append(connOpts, nats.InProcessServer(s.srv))
-		s.log.Info("embedded NATS server started", "url", s.url, "store_dir", opts.StoreDir, "sync_always", opts.SyncAlways)
+		s.log.Info("embedded NATS server started: an open dev server, no credentials; see README Security for the secure mode",
+			"url", s.url, "store_dir", opts.StoreDir, "sync_always", opts.SyncAlways)
 	}
 	connOpts = append(connOpts,
 		nats.Name("orderflow-functions"),
@@ -369,13 +416,64 @@ func (s *system) connect() (jetstream.JetStream, error) {
 				s.log.Warn("NATS disconnected", "error", err)
 			}
 		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { s.log.Info("NATS reconnected", "url", c.ConnectedUrl()) }),
+		nats.ReconnectHandler(func(c *nats.Conn) { s.log.Info("NATS reconnected", "url", redact(c.ConnectedUrl())) }),
 	)
-	var err error
 	if s.nc, err = nats.Connect(s.url, connOpts...); err != nil {
-		return nil, fmt.Errorf("connect %s: %w", s.url, err)
+		return nil, fmt.Errorf("connect %s: %w", redact(s.url), err)
 	}
 	return jetstream.New(s.nc)
+}
+
+// credentials are the connection options for NATS_USER/NATS_PASSWORD,
+// NATS_CREDS, NATS_NKEY and NATS_CA/NATS_CERT/NATS_KEY.
+func credentials(cfg config.Config) ([]nats.Option, error) {
+	var opts []nats.Option
+	if cfg.NATSUser != "" {
+		opts = append(opts, nats.UserInfo(cfg.NATSUser, cfg.NATSPassword))
+	}
+	if cfg.NATSCreds != "" {
+		opts = append(opts, nats.UserCredentials(cfg.NATSCreds))
+	}
+	if cfg.NATSNKey != "" {
+		o, err := nats.NkeyOptionFromSeed(cfg.NATSNKey)
+		if err != nil {
+			return nil, fmt.Errorf("%w: NATS_NKEY: %v", config.ErrInvalid, err)
+		}
+		opts = append(opts, o)
+	}
+	if cfg.NATSCA != "" {
+		opts = append(opts, nats.RootCAs(cfg.NATSCA))
+	}
+	if cfg.NATSCert != "" {
+		opts = append(opts, nats.ClientCert(cfg.NATSCert, cfg.NATSKey))
+	}
+	return opts, nil
+}
+
+// redact hides the password of every URL in a NATS_URL list.
+func redact(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, p := range parts {
+		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
+			parts[i] = u.Redacted()
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// roleOf is the identity a pod hosting regs acts as.
+func roleOf(regs []registration) string {
+	role := ""
+	for _, r := range regs {
+		if role != "" && role != r.svc.Name {
+			return "functions"
+		}
+		role = r.svc.Name
+	}
+	if role == "" || len(regs) == len(registry(stores{})) {
+		return "functions"
+	}
+	return role
 }
 
 // storeConfig sizes the streams and buckets from config.

@@ -304,7 +304,7 @@ func runMode(o options, b bins, dir, mode string) (modeResult, error) {
 	}
 
 	logf("[%s] function host, WORKER_POOL_SIZE=%d", mode, o.workers)
-	host, metricsURL, err := startHost(b, url, o.workers, "LOG_LEVEL=warn")
+	host, metricsURL, err := startHost(b, url, o.workers, "LOG_LEVEL=warn", "PPROF=on")
 	if err != nil {
 		return res, err
 	}

@@ -30,5 +30,6 @@ func New(stock *inventory.Stock) function.Definition {
 	return function.New("restock", restock,
 		function.WithDescription("Add units of a SKU; replies with its new stock levels. Not retried: a caller that lost the reply checks inventory.get first."),
 		function.NotIdempotent(),
+		function.ForOperators(),
 		function.WritesBucket(inventory.Bucket))
 }

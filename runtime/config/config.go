@@ -23,6 +23,20 @@ var ErrInvalid = errors.New("invalid configuration")
 type Config struct {
 	// NATSURL is the server to connect to; empty starts an embedded server.
 	NATSURL string `envconfig:"NATS_URL"`
+	// Credentials, as every NATS client takes them: a user and password, a
+	// creds file (JWT and seed), an nkey seed file, and TLS files.
+	NATSUser     string `envconfig:"NATS_USER"`
+	NATSPassword string `envconfig:"NATS_PASSWORD"`
+	NATSCreds    string `envconfig:"NATS_CREDS"`
+	NATSNKey     string `envconfig:"NATS_NKEY"`
+	NATSCA       string `envconfig:"NATS_CA"`
+	NATSCert     string `envconfig:"NATS_CERT"`
+	NATSKey      string `envconfig:"NATS_KEY"`
+	// NATSInboxPrefix is where replies to this pod arrive; empty:
+	// _INBOX_<role>, the only inbox its role's permissions allow.
+	NATSInboxPrefix string `envconfig:"NATS_INBOX_PREFIX"`
+	// PProf serves /debug/pprof on HTTP_ADDR when "on".
+	PProf bool `envconfig:"PPROF" default:"false"`
 	// NATSConf is the embedded server's config file. Empty: nats.conf in the
 	// working directory if there is one, else the same settings built in.
 	NATSConf string `envconfig:"NATS_CONF"`
@@ -167,6 +181,26 @@ func (c Config) Validate() error {
 	}
 	if c.DrainTimeout <= 0 {
 		bad("DRAIN_TIMEOUT", "must be positive, got %s", c.DrainTimeout)
+	}
+	if (c.NATSCert == "") != (c.NATSKey == "") {
+		bad("NATS_CERT", "NATS_CERT and NATS_KEY go together (a client certificate and its key)")
+	}
+	if c.NATSCreds != "" && (c.NATSNKey != "" || c.NATSUser != "") {
+		bad("NATS_CREDS", "choose one of NATS_CREDS, NATS_NKEY and NATS_USER")
+	}
+	if c.NATSNKey != "" && c.NATSUser != "" {
+		bad("NATS_NKEY", "choose one of NATS_NKEY and NATS_USER")
+	}
+	if (c.NATSUser == "") != (c.NATSPassword == "") {
+		bad("NATS_PASSWORD", "NATS_USER and NATS_PASSWORD go together")
+	}
+	for name, file := range map[string]string{"NATS_CREDS": c.NATSCreds, "NATS_NKEY": c.NATSNKey, "NATS_CA": c.NATSCA, "NATS_CERT": c.NATSCert, "NATS_KEY": c.NATSKey} {
+		if file == "" {
+			continue
+		}
+		if _, err := os.Stat(file); err != nil {
+			bad(name, "%v", err)
+		}
 	}
 	if c.HTTPAddr != "off" {
 		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {

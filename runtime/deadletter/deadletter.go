@@ -102,7 +102,8 @@ func List(s Store) function.Definition {
 		}
 		return &runtimev1.ListDeadLettersResponse{DeadLetters: dls}, nil
 	}, function.WithDescription("Dead letters, oldest first: original subject, consumer, error, attempts and the message."),
-		function.Reads(Stream))
+		function.Reads(Stream),
+		function.ForOperators())
 }
 
 // Replay returns the deadletters.replay function, which replays only what
@@ -120,5 +121,6 @@ func Replay(s Store, t Target) function.Definition {
 	}, function.WithDescription("Publish a dead letter's message again on its original subject, then remove it from the dead-letter stream. Only events of the order log are replayed."),
 		function.Reads(Stream),
 		function.DeletesFrom(Stream),
+		function.ForOperators(),
 		function.Publishes(t.Stream, t.Subject))
 }

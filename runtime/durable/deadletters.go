@@ -42,6 +42,9 @@ func DeadLetterStreamConfig(c Config) jetstream.StreamConfig {
 	}
 }
 
+// DeadLetterSubject is where consumer's dead letters are stored.
+func DeadLetterSubject(consumer string) string { return "DEADLETTER." + consumer }
+
 // DeadLetters is the dead-letter stream.
 type DeadLetters struct {
 	js     jetstream.JetStream
@@ -66,7 +69,7 @@ func (d *DeadLetters) Put(ctx context.Context, dl *runtimev1.DeadLetter) error {
 	if err != nil {
 		return err
 	}
-	m := nats.NewMsg("DEADLETTER." + dl.GetConsumer())
+	m := nats.NewMsg(DeadLetterSubject(dl.GetConsumer()))
 	m.Data = data
 	m.Header.Set("Content-Type", "application/protobuf")
 	m.Header.Set(EventTypeHeader, string(dl.ProtoReflect().Descriptor().FullName()))

@@ -63,6 +63,9 @@ type Definition struct {
 	// NotIdempotent says a repeat of a call does the work again, so the
 	// runtime must never retry it, whatever the config says.
 	NotIdempotent bool
+	// ForOperators marks an endpoint for operators (restock, dead letters),
+	// not for every client.
+	ForOperators bool
 	// Uses is what the function touches besides its endpoint and triggers:
 	// the runtime provisions it, and grants it (and nothing else) to the
 	// function's identity.
@@ -168,6 +171,10 @@ func On[E any, PE Message[E]](stream, subject, durable string, fn func(context.C
 // runtime never retries it, and it cannot have triggers (a redelivered
 // message would repeat it).
 func NotIdempotent() Option { return func(d *Definition) { d.NotIdempotent = true } }
+
+// ForOperators marks the function's endpoint as an operator's tool: the
+// client identity may not call it, the ops identity may.
+func ForOperators() Option { return func(d *Definition) { d.ForOperators = true } }
 
 // WithRetry sets the function's retry policy.
 func WithRetry(p retry.Policy) Option { return func(d *Definition) { d.Retry = &p } }

@@ -38,13 +38,17 @@ func New(g prometheus.Gatherer, checks ...Check) *Handler {
 	})
 	h.mux.HandleFunc("GET /readyz", h.readyz)
 	h.mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
-	// Profiles, for finding where the time goes (go tool pprof
-	// http://host:8080/debug/pprof/profile). HTTP_ADDR is an internal port.
+	return h
+}
+
+// ServeProfiles adds /debug/pprof, for finding where the time goes (go tool
+// pprof http://host:8080/debug/pprof/profile). Off unless asked for
+// (PPROF=on): profiles show internals and cost CPU to take.
+func (h *Handler) ServeProfiles() {
 	h.mux.HandleFunc("/debug/pprof/", pprof.Index)
 	h.mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	h.mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	h.mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	return h
 }
 
 // Draining makes /readyz fail, so a load balancer or Kubernetes stops
