@@ -96,7 +96,7 @@ func registry(s stores) []registration {
 		{paymentsService, refundpayment.New(s.payments, s.log)},
 		{paymentsService, getpayment.New(s.payments)},
 		{deadletter.Service, deadletter.List(s.deadLetters)},
-		{deadletter.Service, deadletter.Replay(s.deadLetters, orderlog.ReplayTarget)},
+		{deadletter.Service, deadletter.Replay(s.deadLetters, orderlog.ReplayTarget(s.log))},
 	}
 }
 

@@ -43,6 +43,11 @@ type Target struct {
 	// Check, when set, vets the message itself (its type agrees with its
 	// subject, say); an error refuses the replay with a 400.
 	Check func(subject string, header map[string][]string, data []byte) error
+	// Done, when set, says whether replaying the message could still
+	// change anything (an event of an order that has ended cannot): a
+	// replay it answers true for removes the dead letter and publishes
+	// nothing.
+	Done func(ctx context.Context, subject string) (bool, error)
 }
 
 // ErrNotReplayable refuses a replay the target does not allow (400).
@@ -118,9 +123,10 @@ func Replay(s Store, t Target) function.Definition {
 			return nil, fmt.Errorf("dead letter %d: %w", req.GetSequence(), function.ErrNotFound)
 		}
 		return resp, err
-	}, function.WithDescription("Publish a dead letter's message again on its original subject, then remove it from the dead-letter stream. Only events of the order log are replayed."),
+	}, function.WithDescription("Publish a dead letter's message again on its original subject, then remove it from the dead-letter stream. Only events of the order log are replayed, and only while their order has not ended."),
 		function.Reads(Stream),
 		function.DeletesFrom(Stream),
 		function.ForOperators(),
+		function.Reads(t.Stream),
 		function.Publishes(t.Stream, t.Subject))
 }

@@ -143,6 +143,18 @@ func (d *DeadLetters) Replay(ctx context.Context, seq uint64, t deadletter.Targe
 	if err := t.Allows(dl.GetStream(), dl.GetSubject(), hdr, dl.GetData()); err != nil {
 		return nil, fmt.Errorf("dead letter %d: %w", seq, err)
 	}
+	if t.Done != nil {
+		done, err := t.Done(ctx, dl.GetSubject())
+		if err != nil {
+			return nil, err
+		}
+		if done { // nothing left to redo: drop the letter, publish nothing
+			if err := d.delete(ctx, s, seq); err != nil {
+				return nil, err
+			}
+			return &runtimev1.ReplayDeadLetterResponse{Sequence: seq, Subject: dl.GetSubject()}, nil
+		}
+	}
 	m := nats.NewMsg(dl.GetSubject())
 	m.Data, m.Header = dl.GetData(), hdr
 	// A fresh id: the original one would be dropped as a duplicate, while a
@@ -154,8 +166,15 @@ func (d *DeadLetters) Replay(ctx context.Context, seq uint64, t deadletter.Targe
 	if err != nil {
 		return nil, classify(false, fmt.Sprintf("replay %d to %s", seq, dl.GetSubject()), err)
 	}
-	if err := s.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil, classify(false, fmt.Sprintf("delete dead letter %d after replay", seq), err)
+	if err := d.delete(ctx, s, seq); err != nil {
+		return nil, err
 	}
 	return &runtimev1.ReplayDeadLetterResponse{Sequence: seq, Subject: dl.GetSubject(), ReplayedSequence: ack.Sequence}, nil
+}
+
+func (d *DeadLetters) delete(ctx context.Context, s jetstream.Stream, seq uint64) error {
+	if err := s.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return classify(false, fmt.Sprintf("delete dead letter %d", seq), err)
+	}
+	return nil
 }

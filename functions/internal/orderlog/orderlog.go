@@ -74,8 +74,25 @@ func CheckEvent(subject, typ string) error {
 }
 
 // ReplayTarget is what a dead letter may be replayed as: an order event on
-// its own subject, with its type, content type and trace context only.
-var ReplayTarget = deadletter.Target{
+// its own subject, with its type, content type and trace context only, and
+// only while its order, read from log, has not ended (replaying an event
+// of an ended order would change nothing but its history).
+func ReplayTarget(log state.Log) deadletter.Target {
+	t := replayTarget
+	t.Done = func(ctx context.Context, subject string) (bool, error) {
+		st, err := Read(ctx, log, OrderID(subject))
+		if errors.Is(err, function.ErrNotFound) {
+			return true, nil // no such order: its events cannot be redone
+		}
+		if err != nil {
+			return false, err
+		}
+		return IsTerminal(st.Order.GetStatus()), nil
+	}
+	return t
+}
+
+var replayTarget = deadletter.Target{
 	Stream:  Stream,
 	Subject: "ORDER.*.*",
 	Headers: []string{durableEventType, "Content-Type", "traceparent", "tracestate"},
