@@ -71,6 +71,7 @@ type stores struct {
 	log         *durable.Log
 	stock       *inventory.Stock
 	payments    *payments.Payments
+	secrets     *durable.Bucket
 	deadLetters *durable.DeadLetters
 	// ended learns of every order this host ends, for the saga metrics.
 	ended orderlog.Observer
@@ -84,7 +85,7 @@ type registration struct {
 // registry lists every function, one line each.
 func registry(s stores) []registration {
 	return []registration{
-		{ordersService, createorder.New(s.log)},
+		{ordersService, createorder.New(s.log, s.secrets)},
 		{ordersService, getorder.New(s.log)},
 		{ordersService, cancelorder.New(s.log)},
 		{inventoryService, restock.New(s.stock)},
@@ -553,6 +554,9 @@ func tryOpenStores(ctx context.Context, js jetstream.JetStream, cfg config.Confi
 	}
 	ledger, err := bucket(gateway.Bucket)
 	if err != nil {
+		return stores{}, err
+	}
+	if st.secrets, err = bucket(createorder.SecretsBucket); err != nil {
 		return stores{}, err
 	}
 	gw := gateway.New(ledger, gateway.Config{

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
@@ -537,4 +538,64 @@ func TestDeletedStreamIsRecreated(t *testing.T) {
 	if got := s.awaitTerminal(t, id).GetOrder().GetStatus(); got != confirmed {
 		t.Errorf("order after the stream came back: %s", got)
 	}
+}
+
+// Order ids follow from (customer, Idempotency-Key) through a secret that
+// only the orders identity can read: the same key gives the same order in
+// one system, and nobody can compute the id from the key alone (another
+// system, with its own secret, gives another id).
+func TestOrderIDsAreKeyedBySecret(t *testing.T) {
+	a, b := startSystem(t), startSystem(t)
+	create := func(s *testSystem) string {
+		return must[*ordersv1.CreateOrderResponse](t)(call[ordersv1.CreateOrderResponse](t, s, "orders.create", validOrder(), "Idempotency-Key", "k-1")).GetOrderId()
+	}
+	ida, idb := create(a), create(b)
+	if ida == idb {
+		t.Errorf("two secrets gave one id %s", ida)
+	}
+	if again := create(a); again != ida {
+		t.Errorf("one key gave %s and %s", ida, again)
+	}
+	legacy := uuid.NewSHA1(uuid.MustParse("6f1b7f0e-6a43-4d0c-9a53-5b1f3f3c2a10"), []byte("c-1\x00k-1")).String()
+	if ida == legacy {
+		t.Error("the id is the old, predictable one")
+	}
+	kv := must[jetstream.KeyValue](t)(a.js.KeyValue(context.Background(), "secrets"))
+	e := must[jetstream.KeyValueEntry](t)(kv.Get(context.Background(), "order-id"))
+	var k ordersv1.OrderIDKey
+	if err := proto.Unmarshal(e.Value(), &k); err != nil || len(k.GetKey()) != 32 || k.GetLegacyUntil() != nil {
+		t.Errorf("secret %v (%v), want 32 bytes and no legacy window in a new store", &k, err)
+	}
+}
+
+// An upgrade keeps retries working: in a store that already holds orders,
+// a create whose key made an order under the old derivation finds it.
+func TestOrderIDsOfTheOldDerivationAreFound(t *testing.T) {
+	s := startSystem(t)
+	legacy := uuid.NewSHA1(uuid.MustParse("6f1b7f0e-6a43-4d0c-9a53-5b1f3f3c2a10"), []byte("c-1\x00k-old")).String()
+	o := validOrder()
+	old := &ordersv1.Order{OrderId: legacy, CustomerId: o.GetCustomerId(), Currency: o.GetCurrency(), Items: o.GetItems(), IdempotencyKey: "k-old"}
+	if err := publishEvent(t, s, "ORDER."+legacy+".created", &ordersv1.OrderCreated{Order: old}); err != nil {
+		t.Fatal(err)
+	}
+	got := must[*ordersv1.CreateOrderResponse](t)(call[ordersv1.CreateOrderResponse](t, s, "orders.create", validOrder(), "Idempotency-Key", "k-old"))
+	if got.GetOrderId() != legacy {
+		t.Errorf("retry across the upgrade created %s, want the first order %s", got.GetOrderId(), legacy)
+	}
+	kv := must[jetstream.KeyValue](t)(s.js.KeyValue(context.Background(), "secrets"))
+	e := must[jetstream.KeyValueEntry](t)(kv.Get(context.Background(), "order-id"))
+	var k ordersv1.OrderIDKey
+	if err := proto.Unmarshal(e.Value(), &k); err != nil || k.GetLegacyUntil() == nil {
+		t.Errorf("secret %v, want a legacy window in a store that held orders", &k)
+	}
+}
+
+// publishEvent appends an order event as a step would.
+func publishEvent(t *testing.T, s *testSystem, subject string, ev proto.Message) error {
+	t.Helper()
+	m := nats.NewMsg(subject)
+	m.Data = must[[]byte](t)(proto.Marshal(ev))
+	m.Header.Set("Event-Type", string(ev.ProtoReflect().Descriptor().FullName()))
+	_, err := s.js.PublishMsg(context.Background(), m)
+	return err
 }

@@ -30,21 +30,21 @@ const (
 	maxIdemKeyLen = 255
 )
 
-// keyNamespace scopes ids derived from idempotency keys.
-var keyNamespace = uuid.MustParse("6f1b7f0e-6a43-4d0c-9a53-5b1f3f3c2a10")
-
-// New returns the orders.create function, appending to log.
-func New(log state.Log) function.Definition {
-	c := &creator{log: log, now: time.Now}
+// New returns the orders.create function, appending to log; ids keyed by
+// an Idempotency-Key are derived with the secret kept in secrets.
+func New(log state.Log, secrets state.Store) function.Definition {
+	c := &creator{log: log, now: time.Now, ids: &ids{secrets: secrets, log: log, now: time.Now}}
 	return function.New("create", c.create,
 		function.WithDescription("Validate an order, assign its id and publish OrderCreated; replies after the JetStream ack. Send an Idempotency-Key header to retry safely."),
 		function.Publishes(orderlog.Stream, orderlog.On(orderlog.Created)),
-		function.Reads(orderlog.Stream))
+		function.Reads(orderlog.Stream),
+		function.WritesBucket(SecretsBucket))
 }
 
 type creator struct {
 	log state.Log
 	now func() time.Time
+	ids *ids
 }
 
 func (c *creator) create(ctx context.Context, req *ordersv1.CreateOrderRequest) (*ordersv1.CreateOrderResponse, error) {
@@ -61,7 +61,17 @@ func (c *creator) create(ctx context.Context, req *ordersv1.CreateOrderRequest) 
 	if key != "" {
 		// The id follows from the key, so a retry whose first reply was lost
 		// finds the first order.
-		id = uuid.NewSHA1(keyNamespace, []byte(req.GetCustomerId()+"\x00"+key)).String()
+		var legacy string
+		if id, legacy, err = c.ids.forKey(ctx, req.GetCustomerId(), key); err != nil {
+			return nil, err
+		}
+		if legacy != "" {
+			if st, err := orderlog.Read(ctx, c.log, legacy); err == nil {
+				return replay(st.Order, req, key)
+			} else if !errors.Is(err, function.ErrNotFound) {
+				return nil, err
+			}
+		}
 	} else {
 		u, err := uuid.NewV7()
 		if err != nil {

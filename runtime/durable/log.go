@@ -107,6 +107,20 @@ func (l *Log) Read(ctx context.Context, filter string) ([]state.Record, error) {
 	return recs, c.done("read "+filter, err)
 }
 
+// Last implements state.Log, from the stream leader.
+func (l *Log) Last(ctx context.Context, filter string) (state.Record, bool, error) {
+	c := startCall(ctx)
+	m, err := l.reads.leaderGet(c.ctx, msgGetRequest{LastFor: filter})
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		c.cancel()
+		return state.Record{}, false, nil
+	}
+	if err = c.done("last of "+filter, err); err != nil {
+		return state.Record{}, false, err
+	}
+	return record(m), true, nil
+}
+
 func (l *Log) readDirect(ctx context.Context, filter string) ([]state.Record, error) {
 	it, err := jetstreamext.GetBatch(ctx, l.js, l.stream, historyBatch, jetstreamext.GetBatchSubject(filter))
 	if err != nil {

@@ -157,4 +157,7 @@ type Log interface {
 	Append(ctx context.Context, e Event) (seq uint64, duplicate bool, err error)
 	// Read returns the events whose subject matches filter, oldest first.
 	Read(ctx context.Context, filter string) ([]Record, error)
+	// Last returns the newest event whose subject matches filter; found is
+	// false when there is none.
+	Last(ctx context.Context, filter string) (rec Record, found bool, err error)
 }

@@ -9,6 +9,7 @@ package ordersv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -497,11 +498,72 @@ func (x *GatewayEntry) GetVoided() bool {
 	return false
 }
 
+// OrderIDKey is the secret order ids are derived from when a client sends an
+// Idempotency-Key, kept in bucket "secrets" under "order-id", which only the
+// orders identity may read: without it, nobody can predict another
+// customer's order id from their customer id and key.
+type OrderIDKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 32 random bytes, the HMAC-SHA256 key.
+	Key []byte `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// Until then, creates also look for an order under the id the previous
+	// derivation gave (a keyed UUIDv5 of no secret), so that a client retrying
+	// across the upgrade finds its first order. Set when the key is created
+	// in a store that already holds orders.
+	LegacyUntil   *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=legacy_until,json=legacyUntil,proto3" json:"legacy_until,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OrderIDKey) Reset() {
+	*x = OrderIDKey{}
+	mi := &file_orders_v1_state_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OrderIDKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OrderIDKey) ProtoMessage() {}
+
+func (x *OrderIDKey) ProtoReflect() protoreflect.Message {
+	mi := &file_orders_v1_state_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OrderIDKey.ProtoReflect.Descriptor instead.
+func (*OrderIDKey) Descriptor() ([]byte, []int) {
+	return file_orders_v1_state_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *OrderIDKey) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *OrderIDKey) GetLegacyUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LegacyUntil
+	}
+	return nil
+}
+
 var File_orders_v1_state_proto protoreflect.FileDescriptor
 
 const file_orders_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x15orders/v1/state.proto\x12\torders.v1\x1a\x19orders/v1/inventory.proto\x1a\x18orders/v1/payments.proto\x1a\x15orders/v1/types.proto\"\xef\x01\n" +
+	"\x15orders/v1/state.proto\x12\torders.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19orders/v1/inventory.proto\x1a\x18orders/v1/payments.proto\x1a\x15orders/v1/types.proto\"\xef\x01\n" +
 	"\n" +
 	"StockLevel\x12\x10\n" +
 	"\x03sku\x18\x01 \x01(\tR\x03sku\x12\x1c\n" +
@@ -542,7 +604,11 @@ const file_orders_v1_state_proto_rawDesc = "" +
 	"\arefunds\x18\x04 \x01(\x05R\arefunds\x12\x1a\n" +
 	"\bdeclined\x18\x05 \x01(\bR\bdeclined\x12%\n" +
 	"\x0edecline_reason\x18\x06 \x01(\tR\rdeclineReason\x12\x16\n" +
-	"\x06voided\x18\a \x01(\bR\x06voided*U\n" +
+	"\x06voided\x18\a \x01(\bR\x06voided\"]\n" +
+	"\n" +
+	"OrderIDKey\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12=\n" +
+	"\flegacy_until\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\vlegacyUntil*U\n" +
 	"\tHoldState\x12\x1a\n" +
 	"\x16HOLD_STATE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fHOLD_STATE_HELD\x10\x01\x12\x17\n" +
@@ -564,36 +630,39 @@ func file_orders_v1_state_proto_rawDescGZIP() []byte {
 }
 
 var file_orders_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_orders_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_orders_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_orders_v1_state_proto_goTypes = []any{
-	(HoldState)(0),         // 0: orders.v1.HoldState
-	(*StockLevel)(nil),     // 1: orders.v1.StockLevel
-	(*Hold)(nil),           // 2: orders.v1.Hold
-	(*Reservation)(nil),    // 3: orders.v1.Reservation
-	(*Payment)(nil),        // 4: orders.v1.Payment
-	(*GatewayEntry)(nil),   // 5: orders.v1.GatewayEntry
-	nil,                    // 6: orders.v1.StockLevel.HoldsEntry
-	nil,                    // 7: orders.v1.Reservation.AttemptsEntry
-	(*OrderItem)(nil),      // 8: orders.v1.OrderItem
-	(ReservationStatus)(0), // 9: orders.v1.ReservationStatus
-	(*Money)(nil),          // 10: orders.v1.Money
-	(PaymentStatus)(0),     // 11: orders.v1.PaymentStatus
+	(HoldState)(0),                // 0: orders.v1.HoldState
+	(*StockLevel)(nil),            // 1: orders.v1.StockLevel
+	(*Hold)(nil),                  // 2: orders.v1.Hold
+	(*Reservation)(nil),           // 3: orders.v1.Reservation
+	(*Payment)(nil),               // 4: orders.v1.Payment
+	(*GatewayEntry)(nil),          // 5: orders.v1.GatewayEntry
+	(*OrderIDKey)(nil),            // 6: orders.v1.OrderIDKey
+	nil,                           // 7: orders.v1.StockLevel.HoldsEntry
+	nil,                           // 8: orders.v1.Reservation.AttemptsEntry
+	(*OrderItem)(nil),             // 9: orders.v1.OrderItem
+	(ReservationStatus)(0),        // 10: orders.v1.ReservationStatus
+	(*Money)(nil),                 // 11: orders.v1.Money
+	(PaymentStatus)(0),            // 12: orders.v1.PaymentStatus
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
 }
 var file_orders_v1_state_proto_depIdxs = []int32{
-	6,  // 0: orders.v1.StockLevel.holds:type_name -> orders.v1.StockLevel.HoldsEntry
+	7,  // 0: orders.v1.StockLevel.holds:type_name -> orders.v1.StockLevel.HoldsEntry
 	0,  // 1: orders.v1.Hold.state:type_name -> orders.v1.HoldState
-	8,  // 2: orders.v1.Reservation.items:type_name -> orders.v1.OrderItem
-	9,  // 3: orders.v1.Reservation.status:type_name -> orders.v1.ReservationStatus
-	7,  // 4: orders.v1.Reservation.attempts:type_name -> orders.v1.Reservation.AttemptsEntry
-	10, // 5: orders.v1.Payment.amount:type_name -> orders.v1.Money
-	11, // 6: orders.v1.Payment.status:type_name -> orders.v1.PaymentStatus
-	10, // 7: orders.v1.GatewayEntry.amount:type_name -> orders.v1.Money
-	2,  // 8: orders.v1.StockLevel.HoldsEntry.value:type_name -> orders.v1.Hold
-	9,  // [9:9] is the sub-list for method output_type
-	9,  // [9:9] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	9,  // 2: orders.v1.Reservation.items:type_name -> orders.v1.OrderItem
+	10, // 3: orders.v1.Reservation.status:type_name -> orders.v1.ReservationStatus
+	8,  // 4: orders.v1.Reservation.attempts:type_name -> orders.v1.Reservation.AttemptsEntry
+	11, // 5: orders.v1.Payment.amount:type_name -> orders.v1.Money
+	12, // 6: orders.v1.Payment.status:type_name -> orders.v1.PaymentStatus
+	11, // 7: orders.v1.GatewayEntry.amount:type_name -> orders.v1.Money
+	13, // 8: orders.v1.OrderIDKey.legacy_until:type_name -> google.protobuf.Timestamp
+	2,  // 9: orders.v1.StockLevel.HoldsEntry.value:type_name -> orders.v1.Hold
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_orders_v1_state_proto_init() }
@@ -610,7 +679,7 @@ func file_orders_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_orders_v1_state_proto_rawDesc), len(file_orders_v1_state_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
