@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"testing"
@@ -372,4 +373,114 @@ func TestSagaUnderContention(t *testing.T) {
 		t.Errorf("outcomes %v, want %d confirmed and %d rejected", got, units, orders-units)
 	}
 	checkStock(t, s.stock(t, "HOT"), 0, 0, units)
+}
+
+// Any order and timing of public calls keeps the invariants: creates
+// (repeated with their key), cancels (sometimes twice) and gets, at random
+// moments while the saga runs with a slow, flaky gateway. A cancel that was
+// accepted never lets the order confirm and nothing is kept, whatever step
+// it met (the charge window included); one refused with 409 met an order
+// that had ended. Every order ends, at most one capture each, stock is conserved.
+func TestRandomInterleavingOfPublicCalls(t *testing.T) {
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, seed))
+	var rngMu sync.Mutex
+	intn := func(n int) int { rngMu.Lock(); defer rngMu.Unlock(); return rng.IntN(n) }
+
+	s := startSystem(t, func(c *config.Config) {
+		c.PaymentLatency = 30 * time.Millisecond
+		c.PaymentFailureRate = 0.2
+		c.PaymentMaxOrderMinor = 50_000
+		c.RetryPolicy = "attempts=30,initial=5ms,multiplier=1.5,max=50ms,jitter=0.2"
+	})
+	const orders = 60
+	restocked := map[string]int32{"R-1": 40, "R-2": 15}
+	for sku, n := range restocked {
+		s.restock(t, sku, n)
+	}
+	type outcome struct {
+		id       string
+		sku      string
+		qty      int32
+		payable  bool
+		accepted bool // a cancel was accepted
+	}
+	results := make([]outcome, orders)
+	var wg sync.WaitGroup
+	for i := range orders {
+		wg.Go(func() {
+			sku := []string{"R-1", "R-2"}[i%2]
+			qty := int32(1 + i%3)
+			price := int64(1000)
+			if i%7 == 0 {
+				price = 60_000 // above the limit: declined
+			}
+			req := order(sku, qty, price)
+			key := fmt.Sprintf("rand-%d", i)
+			r := outcome{sku: sku, qty: qty, payable: int64(qty)*price <= 50_000}
+			created := must[*ordersv1.CreateOrderResponse](t)(call[ordersv1.CreateOrderResponse](t, s, "orders.create", req, "Idempotency-Key", key))
+			r.id = created.GetOrderId()
+			for range 1 + intn(4) {
+				time.Sleep(time.Duration(intn(60)) * time.Millisecond)
+				switch intn(4) {
+				case 0, 1:
+					_, err := call[ordersv1.CancelOrderResponse](t, s, "orders.cancel", &ordersv1.CancelOrderRequest{OrderId: r.id, Reason: "random"})
+					switch code := runtimetest.Code(err); {
+					case err == nil:
+						r.accepted = true
+					case code == 409:
+					default:
+						t.Errorf("cancel of %s: %v", r.id, err)
+					}
+				case 2:
+					again := must[*ordersv1.CreateOrderResponse](t)(call[ordersv1.CreateOrderResponse](t, s, "orders.create", req, "Idempotency-Key", key))
+					if again.GetOrderId() != r.id {
+						t.Errorf("repeat of %s created %s", r.id, again.GetOrderId())
+					}
+				case 3:
+					s.order(t, r.id)
+				}
+			}
+			results[i] = r
+		})
+	}
+	wg.Wait()
+
+	counts := map[ordersv1.OrderStatus]int{}
+	sold := map[string]int32{}
+	for _, r := range results {
+		o := s.awaitTerminal(t, r.id).GetOrder()
+		counts[o.GetStatus()]++
+		// An accepted cancel never ends CONFIRMED; REJECTED happens when
+		// the reservation, already under way, found no stock.
+		if r.accepted && o.GetStatus() == confirmed {
+			t.Errorf("order %s: cancel accepted, ended %s", r.id, o.GetStatus())
+		}
+		if o.GetStatus() == confirmed {
+			sold[r.sku] += r.qty
+		}
+		p, err := call[ordersv1.GetPaymentResponse](t, s, "payments.get", &ordersv1.GetPaymentRequest{OrderId: r.id})
+		if err != nil && runtimetest.Code(err) != 404 {
+			t.Fatal(err)
+		}
+		want := int32(0)
+		if o.GetStatus() == confirmed {
+			want = 1
+		}
+		if p.GetCaptures() > 1 || p.GetCaptures()-p.GetRefunds() != want {
+			t.Errorf("order %s %s: %d captures, %d refunds", r.id, o.GetStatus(), p.GetCaptures(), p.GetRefunds())
+		}
+		if !r.accepted && r.payable && o.GetStatus() == cancelled && !strings.Contains(o.GetReason(), "random") {
+			t.Errorf("payable order %s cancelled without a cancel: %s", r.id, o.GetReason())
+		}
+	}
+	waitIdle(t, s)
+	for sku, n := range restocked {
+		st := s.stock(t, sku)
+		if st.GetAvailable()+st.GetReserved()+st.GetSold() != n || st.GetReserved() != 0 || st.GetSold() != sold[sku] {
+			t.Errorf("%s: %v, restocked %d, confirmed orders bought %d", sku, st, n, sold[sku])
+		}
+	}
+	t.Logf("outcomes: %v", counts)
 }

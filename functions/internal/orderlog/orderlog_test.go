@@ -87,15 +87,46 @@ func TestFoldErrors(t *testing.T) {
 	if _, err := orderlog.Fold(nil); !errors.Is(err, function.ErrNotFound) {
 		t.Errorf("Fold(nil) = %v, want ErrNotFound", err)
 	}
-	bad := created
-	bad.Type = "evil.Type"
-	if _, err := orderlog.Fold([]state.Record{bad}); err == nil {
-		t.Error("Fold accepted an unknown event type")
+}
+
+// A message on an order's subjects that is not one of its events (no type,
+// a type that is not the subject's, an unknown event, a payload that does
+// not decode) is not history: the fold skips it, whoever wrote it, and the
+// order reads as before. Its sequence still counts for appends, as the
+// server's check counts it.
+func TestFoldIgnoresForeignMessages(t *testing.T) {
+	base, err := orderlog.Fold(seq(created, reserved))
+	if err != nil {
+		t.Fatal(err)
 	}
-	bad = created
-	bad.Data = []byte("\xff")
-	if _, err := orderlog.Fold([]state.Record{bad}); err == nil {
-		t.Error("Fold accepted a corrupt payload")
+	noType := charged
+	noType.Type = ""
+	wrongType := rec(orderlog.PaymentCharged, &ordersv1.StockSold{OrderId: "o-1"})
+	unknown := charged
+	unknown.Subject = "ORDER.o-1.free_money"
+	corrupt := charged
+	corrupt.Data = []byte("\xff")
+	evil := charged
+	evil.Type = "evil.Type"
+	for name, foreign := range map[string]state.Record{"no type": noType, "type of another event": wrongType,
+		"unknown event": unknown, "corrupt payload": corrupt, "unknown type": evil} {
+		t.Run(name, func(t *testing.T) {
+			recs := seq(created, reserved, foreign)
+			got, err := orderlog.Fold(recs)
+			if err != nil {
+				t.Fatalf("Fold = %v", err)
+			}
+			if got.Order.GetStatus() != base.Order.GetStatus() || len(got.Events) != len(base.Events) {
+				t.Errorf("a foreign message changed the order: %s with %d events, want %s with %d",
+					got.Order.GetStatus(), len(got.Events), base.Order.GetStatus(), len(base.Events))
+			}
+			if got.LastSequence != recs[2].Sequence {
+				t.Errorf("last sequence %d, want %d", got.LastSequence, recs[2].Sequence)
+			}
+		})
+	}
+	if err := orderlog.CheckEvent("ORDER.o-1.payment_charged", "orders.v1.PaymentCharged"); err != nil {
+		t.Errorf("CheckEvent of a real event: %v", err)
 	}
 }
 
@@ -111,4 +142,14 @@ func TestOrderID(t *testing.T) {
 			t.Errorf("OrderID(%q) = %q, want %q", subject, got, want)
 		}
 	}
+}
+
+// seq numbers records as the stream would, 1, 2, ...
+func seq(recs ...state.Record) []state.Record {
+	out := make([]state.Record, len(recs))
+	for i, r := range recs {
+		r.Sequence = uint64(i + 1)
+		out[i] = r
+	}
+	return out
 }
