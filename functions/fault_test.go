@@ -26,6 +26,9 @@ type serverProc struct {
 	cmd  *exec.Cmd
 	conf string
 	url  string
+	env  []string // added to its environment (passwords)
+	// user and password to check it is up with, if it takes none anonymous
+	user, password string
 }
 
 func startServer(t *testing.T, dir string, port int) *serverProc {
@@ -42,21 +45,35 @@ func startServer(t *testing.T, dir string, port int) *serverProc {
 	return s
 }
 
+// startAs starts the server, checking it is up as user.
+func (s *serverProc) startAs(t *testing.T, user, password string) {
+	t.Helper()
+	s.user, s.password = user, password
+	s.start(t)
+}
+
 func (s *serverProc) start(t *testing.T) {
 	t.Helper()
 	s.cmd = exec.Command(filepath.Join(binDir, "nats-server"), "-c", s.conf)
+	s.cmd.Env = append(os.Environ(), s.env...)
+	stderr := &lockedBuffer{}
+	s.cmd.Stderr = stderr
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		nc, err := nats.Connect(s.url)
+		var opts []nats.Option
+		if s.user != "" {
+			opts = append(opts, nats.UserInfo(s.user, s.password))
+		}
+		nc, err := nats.Connect(s.url, opts...)
 		if err == nil {
 			nc.Close()
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("nats-server not up: %v", err)
+			t.Fatalf("nats-server not up: %v\n%s", err, stderr.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/orderflow/orderflow/runtime/authz"
 	"github.com/orderflow/orderflow/runtime/runtimetest"
 )
 
@@ -463,5 +464,105 @@ func TestProvision(t *testing.T) {
 	}
 	if code, _ := p.stop(t); code != 0 {
 		t.Errorf("SIGTERM: exit %d", code)
+	}
+}
+
+// The secure mode as the README has it, with the binaries: `orderflow
+// authz` into auth.conf, a nats-server started from deploy/nats/secure.conf
+// with the passwords in its environment, `orderflow provision` as admin,
+// one pod per service role, and the nats CLI as client and ops.
+func TestSecureModeWithBinaries(t *testing.T) {
+	bin, natsCLI := binaries(t)
+	dir := t.TempDir()
+	env := []string{}
+	pw := map[string]string{}
+	for _, r := range roles() {
+		pw[r.Name] = "secret-" + r.Name
+		env = append(env, authz.PasswordVar(r.Name)+"="+pw[r.Name])
+	}
+	out, err := exec.Command(bin, "authz").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "auth.conf"), out, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	src, err := os.ReadFile("../deploy/nats/secure.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	var conf []string
+	for _, line := range strings.Split(string(src), "\n") {
+		switch {
+		case strings.HasPrefix(line, "port:"):
+			line = fmt.Sprintf("port: %d", port)
+		case strings.HasPrefix(line, "http:"):
+			line = "" // no monitoring port to collide with
+		case strings.Contains(line, "store_dir:"):
+			line = fmt.Sprintf("  store_dir: %q", filepath.Join(dir, "js"))
+		}
+		conf = append(conf, line)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "secure.conf"), []byte(strings.Join(conf, "\n")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := &serverProc{conf: filepath.Join(dir, "secure.conf"), url: fmt.Sprintf("nats://127.0.0.1:%d", port)}
+	srv.env = env
+	srv.startAs(t, "admin", pw["admin"])
+	t.Cleanup(srv.kill)
+
+	prov := exec.Command(bin, "provision")
+	prov.Env = append(os.Environ(), "NATS_URL="+srv.url, "NATS_USER=admin", "NATS_PASSWORD="+pw["admin"])
+	if out, err := prov.CombinedOutput(); err != nil {
+		t.Fatalf("provision as admin: %v\n%s", err, out)
+	}
+	for _, role := range []string{"orders", "inventory", "payments", "deadletters"} {
+		startBinary(t, t.TempDir(), "NATS_URL="+srv.url, "FUNCTIONS="+role, "NATS_USER="+role, "NATS_PASSWORD="+pw[role], "CREATE_MISSING=false")
+	}
+	as := func(role string, args ...string) (string, error) {
+		cmd := exec.Command(natsCLI, append([]string{"--server", srv.url, "--no-context", "--user", role, "--password", pw[role],
+			"--inbox-prefix", authz.Inbox(role), "--timeout", "3s"}, args...)...)
+		cmd.Env = append(os.Environ(), "HOME="+t.TempDir(), "NO_COLOR=1")
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := as("ops", "req", "inventory.restock", `{"sku":"SKU-1","quantity":10}`); err != nil || !strings.Contains(out, `"available":10`) {
+		t.Fatalf("restock as ops: %v\n%s", err, out)
+	}
+	out2, err := as("client", "req", "orders.create", `{"customer_id":"c-1","currency":"USD","items":[{"sku":"SKU-1","quantity":2,"unit_price_minor":1999}]}`)
+	if err != nil {
+		t.Fatalf("create as client: %v\n%s", err, out2)
+	}
+	var created struct {
+		OrderID string `json:"order_id"`
+	}
+	if err := json.Unmarshal([]byte(out2[strings.Index(out2, "{"):]), &created); err != nil {
+		t.Fatalf("create reply %q: %v", out2, err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out, err := as("client", "req", "orders.get", `{"order_id":"`+created.OrderID+`"}`)
+		if err == nil && strings.Contains(out, "ORDER_STATUS_CONFIRMED") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("order not confirmed: %v\n%s", err, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	for _, attack := range [][]string{
+		{"req", "payments.refund", `{"order_id":"` + created.OrderID + `"}`},
+		{"req", "inventory.restock", `{"sku":"SKU-1","quantity":10}`},
+		{"pub", "ORDER." + created.OrderID + ".payment_refunded", "x"},
+		{"stream", "rm", "ORDERS", "-f"},
+	} {
+		// The CLI reports a refused publish and may still exit 0.
+		if out, err := as("client", attack...); !strings.Contains(strings.ToLower(out), "permission") {
+			t.Errorf("client: nats %s was not refused for permissions (%v):\n%s", strings.Join(attack, " "), err, out)
+		}
+	}
+	if out, err := as("client", "req", "orders.get", `{"order_id":"`+created.OrderID+`"}`); err != nil || !strings.Contains(out, "ORDER_STATUS_CONFIRMED") {
+		t.Errorf("order after the attacks: %v\n%s", err, out)
 	}
 }
