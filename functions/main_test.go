@@ -463,6 +463,21 @@ func TestHTTPEndpoints(t *testing.T) {
 	}
 }
 
+// Profiles are served only when asked for.
+func TestProfilesOnlyWithPPROF(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		s := startSystem(t, func(c *config.Config) { c.PProf = config.Switch(on) })
+		resp, err := http.Get("http://" + s.sys.httpAddr + "/debug/pprof/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if got := resp.StatusCode == 200; got != on {
+			t.Errorf("PPROF=%t: /debug/pprof/ answered %d", on, resp.StatusCode)
+		}
+	}
+}
+
 func TestFunctionsSelectsWhatAPodHosts(t *testing.T) {
 	s := startSystem(t, func(c *config.Config) { c.Functions = []string{"inventory", "orders.get"} })
 	got := strings.Join(s.sys.host.Subjects(), ",")

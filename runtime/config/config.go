@@ -36,7 +36,7 @@ type Config struct {
 	// _INBOX_<role>, the only inbox its role's permissions allow.
 	NATSInboxPrefix string `envconfig:"NATS_INBOX_PREFIX"`
 	// PProf serves /debug/pprof on HTTP_ADDR when "on".
-	PProf bool `envconfig:"PPROF" default:"false"`
+	PProf Switch `envconfig:"PPROF" default:"off"`
 	// NATSConf is the embedded server's config file. Empty: nats.conf in the
 	// working directory if there is one, else the same settings built in.
 	NATSConf string `envconfig:"NATS_CONF"`
@@ -104,6 +104,22 @@ func (c Config) span(p retry.Policy) time.Duration {
 		return 0 // retried forever: compensation, which must happen
 	}
 	return p.Horizon() + time.Duration(p.MaxAttempts)*c.OutageHorizon
+}
+
+// Switch is an on/off setting: on, off, true, false, 1 or 0.
+type Switch bool
+
+// Decode implements envconfig.Decoder.
+func (s *Switch) Decode(v string) error {
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "on", "true", "1", "yes":
+		*s = true
+	case "off", "false", "0", "no", "":
+		*s = false
+	default:
+		return fmt.Errorf("want on or off, got %q", v)
+	}
+	return nil
 }
 
 // Default is the policy RETRY_POLICY describes.

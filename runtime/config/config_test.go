@@ -53,6 +53,7 @@ func TestRetryOverrides(t *testing.T) {
 }
 
 func TestParse(t *testing.T) {
+	t.Setenv("PPROF", "on")
 	t.Setenv("FUNCTIONS", "orders,inventory.get")
 	t.Setenv("PAYMENT_LATENCY", "300ms")
 	t.Setenv("LOG_LEVEL", "debug")
@@ -60,7 +61,7 @@ func TestParse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(c.Functions) != 2 || c.Functions[1] != "inventory.get" || c.PaymentLatency != 300*time.Millisecond || c.LogLevel.String() != "DEBUG" {
+	if len(c.Functions) != 2 || c.Functions[1] != "inventory.get" || c.PaymentLatency != 300*time.Millisecond || c.LogLevel.String() != "DEBUG" || !c.PProf {
 		t.Errorf("parsed %+v", c)
 	}
 }
@@ -85,6 +86,9 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{"OUTAGE_HORIZON", "-1s"},
 		{"OUTAGE_HORIZON", "15m"}, // 5 attempts × 15m outlasts the 1h duplicate window
 		{"CREATE_MISSING", "perhaps"},
+		{"PPROF", "sometimes"},
+		{"NATS_CREDS", "/no/such/file.creds"},
+		{"NATS_CERT", "/no/such/cert.pem"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+"="+tt.value, func(t *testing.T) {
