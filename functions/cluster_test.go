@@ -280,7 +280,7 @@ func TestClusterFaults(t *testing.T) {
 
 	// Everything the hosts created is R3.
 	ctx := context.Background()
-	for _, name := range []string{durable.EventStream, durable.DeadLetterStream, durable.BucketStream("stock"), durable.BucketStream("payments"), durable.BucketStream("gateway")} {
+	for _, name := range []string{durable.EventStream, durable.DeadLetterStream, durable.BucketStream("stock"), durable.BucketStream("payments"), durable.BucketStream("gateway"), durable.BucketStream("secrets")} {
 		s, err := js.Stream(ctx, name)
 		if err != nil {
 			t.Fatal(err)

@@ -451,13 +451,19 @@ func credentials(cfg config.Config) ([]nats.Option, error) {
 	return opts, nil
 }
 
-// redact hides the password of every URL in a NATS_URL list.
+// redact hides the password of every URL in a NATS_URL list, and a user
+// without one, which NATS takes for a token.
 func redact(urls string) string {
 	parts := strings.Split(urls, ",")
 	for i, p := range parts {
-		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
-			parts[i] = u.Redacted()
+		u, err := url.Parse(strings.TrimSpace(p))
+		if err != nil || u.User == nil {
+			continue
 		}
+		if _, ok := u.User.Password(); !ok {
+			u.User = url.User("xxxxx")
+		}
+		parts[i] = u.Redacted()
 	}
 	return strings.Join(parts, ",")
 }

@@ -614,3 +614,16 @@ func publishEvent(t *testing.T, s *testSystem, subject string, ev proto.Message)
 	_, err := s.js.PublishMsg(context.Background(), m)
 	return err
 }
+
+func TestRedactHidesPasswords(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"nats://127.0.0.1:4222", "nats://127.0.0.1:4222"},
+		{"nats://orders:s3cret@n1:4222,nats://orders:s3cret@n2:4222", "nats://orders:xxxxx@n1:4222,nats://orders:xxxxx@n2:4222"},
+		{"nats://s3cret@n1:4222", "nats://xxxxx@n1:4222"},
+	}
+	for _, tt := range tests {
+		if got := redact(tt.in); got != tt.want || strings.Contains(got, "s3cret") {
+			t.Errorf("redact(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}

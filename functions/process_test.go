@@ -388,7 +388,7 @@ func TestProvision(t *testing.T) {
 	out := provision()
 	for _, want := range []string{"stream ORDERS created", "stream DEADLETTERS created", "bucket stock created",
 		"consumer ORDERS/inventory-reserve created", "consumer DEADLETTERS/orders-compensate created",
-		"provisioned 2 streams, 3 buckets, 7 consumers with 1 replicas"} {
+		"provisioned 2 streams, 4 buckets, 7 consumers with 1 replicas"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("provision output lacks %q:\n%s", want, out)
 		}
