@@ -555,6 +555,20 @@ func TestDeletedStreamIsRecreated(t *testing.T) {
 	}
 }
 
+// The header's name matches in any letter case, as HTTP gateways in front
+// of NATS may lower-case it.
+func TestIdempotencyKeyInAnyCase(t *testing.T) {
+	s := startSystem(t)
+	before := s.events(t)
+	var ids []string
+	for _, name := range []string{"Idempotency-Key", "idempotency-key", "IDEMPOTENCY-KEY"} {
+		ids = append(ids, must[*ordersv1.CreateOrderResponse](t)(call[ordersv1.CreateOrderResponse](t, s, "orders.create", validOrder(), name, "k-case")).GetOrderId())
+	}
+	if ids[0] != ids[1] || ids[1] != ids[2] || s.events(t)-before != 1 {
+		t.Errorf("one key in three cases gave orders %v and %d events, want one", ids, s.events(t)-before)
+	}
+}
+
 // Order ids follow from (customer, Idempotency-Key) through a secret that
 // only the orders identity can read: the same key gives the same order in
 // one system, and nobody can compute the id from the key alone (another

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -197,7 +198,7 @@ func TestCancelOnRequest(t *testing.T) {
 	if p := s.payment(t, id); p.GetCaptures()-p.GetRefunds() != 0 {
 		t.Errorf("cancelled order kept money: %v", p)
 	}
-	for _, bad := range []*ordersv1.CancelOrderRequest{{}, {OrderId: "no-such-order"}, {OrderId: id, Reason: strings.Repeat("x", 600)}} {
+	for _, bad := range []*ordersv1.CancelOrderRequest{{}, {OrderId: "no-such-order"}, {OrderId: id, Reason: strings.Repeat("x", 600)}, {OrderId: id, Reason: "\u001b[2Jgone"}} {
 		if _, err := call[ordersv1.CancelOrderResponse](t, s, "orders.cancel", bad); runtimetest.Code(err) < 400 || runtimetest.Code(err) >= 500 {
 			t.Errorf("cancel %v: %v, want a 4xx", bad, err)
 		}
@@ -311,8 +312,10 @@ func TestDeadLetterCompensates(t *testing.T) {
 	if _, err := call[runtimev1.ReplayDeadLetterResponse](t, s, "deadletters.replay", &runtimev1.ReplayDeadLetterRequest{Sequence: dl.GetSequence()}); runtimetest.Code(err) != 404 {
 		t.Errorf("second replay of one dead letter: %v, want 404", err)
 	}
-	if _, err := call[runtimev1.ListDeadLettersResponse](t, s, "deadletters.list", &runtimev1.ListDeadLettersRequest{Limit: -1}); runtimetest.Code(err) != 400 {
-		t.Errorf("list with a negative limit: %v, want 400", err)
+	for _, bad := range []*runtimev1.ListDeadLettersRequest{{Limit: -1}, {AfterSequence: math.MaxUint64}, {AfterSequence: math.MaxInt64 + 1}} {
+		if _, err := call[runtimev1.ListDeadLettersResponse](t, s, "deadletters.list", bad); runtimetest.Code(err) != 400 {
+			t.Errorf("list %v: %v, want 400", bad, err)
+		}
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"bytes"
 	"strings"
 	"sync"
+	"unicode"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -71,7 +73,44 @@ func Decode(enc Encoding, body []byte, msg proto.Message) error {
 	}
 	if err != nil {
 		d := msg.ProtoReflect().Descriptor()
+		if enc != JSON && looksLikeText(body) {
+			return function.Invalid("body", "neither JSON (a JSON body must be an object, starting with '{') nor protobuf (%s): %s",
+				d.Name(), protoNames(d, trimProtoPrefix(err.Error())))
+		}
 		return function.Invalid("body", "cannot decode %s %s: %s", enc, d.Name(), protoNames(d, trimProtoPrefix(err.Error())))
+	}
+	return nil
+}
+
+// looksLikeText reports a body a person typed: printable UTF-8, which a
+// protobuf message rarely is.
+func looksLikeText(body []byte) bool {
+	if len(body) == 0 || !utf8.Valid(body) {
+		return false
+	}
+	for _, r := range string(body) {
+		if !unicode.IsPrint(r) && !unicode.IsSpace(r) {
+			return false
+		}
+	}
+	return true
+}
+
+// HeaderLimit bounds a request's headers, name and values together, as
+// the body is bounded: a caller cannot make a pod hold megabytes in them.
+const HeaderLimit = 16 << 10
+
+// LimitHeaders reports bad input when h exceeds HeaderLimit bytes.
+func LimitHeaders(h map[string][]string) error {
+	n := 0
+	for k, vs := range h {
+		n += len(k)
+		for _, v := range vs {
+			n += len(v)
+		}
+	}
+	if n > HeaderLimit {
+		return function.Invalid("headers", "%d bytes exceed the limit of %d", n, HeaderLimit)
 	}
 	return nil
 }

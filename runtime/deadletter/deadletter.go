@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 
 	runtimev1 "github.com/orderflow/orderflow/proto/gen/runtime/v1"
@@ -100,6 +101,9 @@ func List(s Store) function.Definition {
 			return nil, function.Invalid("limit", "must be 0..%d, got %d", MaxLimit, limit)
 		case limit == 0:
 			limit = DefaultLimit
+		}
+		if after := req.GetAfterSequence(); after > math.MaxInt64 {
+			return nil, function.Invalid("after_sequence", "must be at most %d, got %d", int64(math.MaxInt64), after)
 		}
 		dls, err := s.List(ctx, req.GetAfterSequence(), limit)
 		if err != nil {

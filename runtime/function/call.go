@@ -2,17 +2,25 @@ package function
 
 import (
 	"context"
+	"strings"
 	"sync"
 )
 
 // Header carries message headers to a function without exposing the
-// transport. Keys are matched exactly, as NATS does.
+// transport.
 type Header map[string][]string
 
-// Get returns the first value of key, or "".
+// Get returns the first value of key, or "". Keys match in any letter case,
+// as HTTP headers do: gateways in front of NATS often lower-case them
+// ("idempotency-key"). An exact match wins.
 func (h Header) Get(key string) string {
 	if v := h[key]; len(v) > 0 {
 		return v[0]
+	}
+	for k, v := range h {
+		if len(v) > 0 && strings.EqualFold(k, key) {
+			return v[0]
+		}
 	}
 	return ""
 }

@@ -125,6 +125,9 @@ func (e *endpoint) call(ctx context.Context, m *nats.Msg, enc codec.Encoding) ([
 	if err := codec.Limit(m.Data, e.limit); err != nil {
 		return nil, err
 	}
+	if err := codec.LimitHeaders(m.Header); err != nil {
+		return nil, err
+	}
 	req := e.def.NewRequest()
 	if err := codec.Decode(enc, m.Data, req); err != nil {
 		return nil, err

@@ -129,7 +129,9 @@ func TestErrorsBecomeMicroErrors(t *testing.T) {
 	}{
 		{"validation", `{"sku":""}`, 400, "sku: required"},
 		{"unknown field", `{"sku":"a","colour":"red"}`, 400, "colour"},
-		{"garbage", "garbage", 400, "body: cannot decode"},
+		{"text", "hello world", 400, "body: neither JSON (a JSON body must be an object, starting with '{') nor protobuf"},
+		{"a JSON array", "[1,2]", 400, "neither JSON"},
+		{"binary garbage", "\xff\xfe\x00\x01", 400, "body: cannot decode protobuf"},
 		{"too large", `{"sku":"` + strings.Repeat("x", 100) + `"}`, 400, "exceeds the limit of 64"},
 		{"not found", `{"sku":"missing"}`, 404, "sku missing: not found"},
 		{"conflict", `{"sku":"taken"}`, 409, "conflict"},
@@ -149,6 +151,14 @@ func TestErrorsBecomeMicroErrors(t *testing.T) {
 			}
 		})
 	}
+	// Headers are bounded as the body is.
+	t.Run("headers too large", func(t *testing.T) {
+		_, err := runtimetest.CallRaw[ordersv1.GetStockResponse](context.Background(), nc, "stock.get", []byte(`{"sku":"a"}`),
+			runtimetest.Request{Encoding: runtimetest.JSON, Header: nats.Header{"X-Big": {strings.Repeat("x", 200<<10)}}})
+		if runtimetest.Code(err) != 400 || !strings.Contains(err.Error(), "headers") {
+			t.Errorf("a 200 KiB header: %v, want a 400 naming the headers", err)
+		}
+	})
 }
 
 // stats is the STATS reply of the one instance of svc.

@@ -237,7 +237,7 @@ func (tr *trigger) handle(msg jetstream.Msg) {
 	outcome := "ack"
 	switch {
 	case err == nil:
-		if aerr := msg.Ack(); aerr != nil {
+		if aerr := tr.ack(msg); aerr != nil {
 			tr.log.WarnContext(ctx, "ack failed; the message will be redelivered", "error", aerr)
 		}
 	case outage:
@@ -267,6 +267,18 @@ func (tr *trigger) handle(msg jetstream.Msg) {
 	elapsed := time.Since(start)
 	tr.e.endTrigger(tr.t.Durable, elapsed, outcome)
 	tr.metrics.observe(elapsed, outcome)
+}
+
+// ack acknowledges msg. While the host drains, it waits for the server to
+// confirm (an ack is otherwise fire-and-forget), so that when Drain returns
+// every message it handled is acked, not in flight to the server.
+func (tr *trigger) ack(msg jetstream.Msg) error {
+	if !tr.stopped() {
+		return msg.Ack()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return msg.DoubleAck(ctx)
 }
 
 // call decodes the event and runs the handler, telling the server the

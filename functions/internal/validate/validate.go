@@ -36,7 +36,10 @@ func SKU(field, sku string) error { return token(field, sku) }
 // OrderID checks an order id, which becomes part of a subject.
 func OrderID(field, id string) error { return token(field, id) }
 
-// Currency checks an upper-case ISO-4217 code.
+// Currency checks an upper-case ISO-4217 code of a currency one can pay in:
+// zero-decimal ones such as JPY included, the X-codes for precious metals
+// (XAU, XAG, XPT, XPD), testing (XTS), no currency (XXX), units of account
+// and the like not.
 func Currency(field, code string) error {
 	if code == "" {
 		return function.Invalid(field, "required (ISO-4217 code such as \"USD\")")
@@ -44,8 +47,15 @@ func Currency(field, code string) error {
 	if u, err := currency.ParseISO(code); err != nil || u.String() != code {
 		return function.Invalid(field, "%q is not an upper-case ISO-4217 code", code)
 	}
+	if code[0] == 'X' && !tender[code] {
+		return function.Invalid(field, "%q is not a currency orders are paid in (precious metal, test, fund or no-currency code)", code)
+	}
 	return nil
 }
+
+// tender are the ISO-4217 X-codes that are money one pays in: the CFA and
+// CFP francs and the East Caribbean dollar.
+var tender = map[string]bool{"XAF": true, "XOF": true, "XPF": true, "XCD": true, "XCG": true}
 
 // Text checks a required, printable UTF-8 string of at most max bytes.
 func Text(field, s string, max int) error {
@@ -109,15 +119,14 @@ func Items(field string, items []*ordersv1.OrderItem) error {
 	return nil
 }
 
-// Reason checks an optional free-text reason.
+// Reason checks an optional free-text reason: printable text like every
+// other field (a reason is shown to people; control characters could
+// rewrite their terminal).
 func Reason(field, s string) error {
-	if len(s) > MaxReason {
-		return function.Invalid(field, "at most %d bytes, got %d", MaxReason, len(s))
+	if s == "" {
+		return nil
 	}
-	if !utf8.ValidString(s) {
-		return function.Invalid(field, "must be valid UTF-8")
-	}
-	return nil
+	return Text(field, s, MaxReason)
 }
 
 // TruncateReason cuts s to MaxReason bytes without splitting a character.

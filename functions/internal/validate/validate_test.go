@@ -52,7 +52,10 @@ func TestReason(t *testing.T) {
 	if err := validate.Reason("reason", strings.Repeat("x", validate.MaxReason)); err != nil {
 		t.Errorf("Reason at the limit: %v", err)
 	}
-	for _, bad := range []string{strings.Repeat("x", validate.MaxReason+1), "\xff"} {
+	if err := validate.Reason("reason", ""); err != nil {
+		t.Errorf("an empty reason: %v", err)
+	}
+	for _, bad := range []string{strings.Repeat("x", validate.MaxReason+1), "\xff", "\u001b[2Jgone", "tab\there", "line\nbreak"} {
 		if err := validate.Reason("reason", bad); function.Code(err) != 400 {
 			t.Errorf("Reason(%q) = %v, want a 400", bad, err)
 		}
@@ -60,5 +63,18 @@ func TestReason(t *testing.T) {
 	long := strings.Repeat("x", validate.MaxReason-1) + "é" // é straddles the limit
 	if got := validate.TruncateReason(long); len(got) > validate.MaxReason || !utf8.ValidString(got) {
 		t.Errorf("TruncateReason gave %d bytes, valid %v", len(got), utf8.ValidString(got))
+	}
+}
+
+func TestCurrency(t *testing.T) {
+	for _, ok := range []string{"USD", "EUR", "JPY", "KWD", "XAF", "XOF", "XCD"} {
+		if err := validate.Currency("currency", ok); err != nil {
+			t.Errorf("Currency(%s) = %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "usd", "US", "ABC", "XXX", "XAU", "XAG", "XPT", "XPD", "XTS", "XDR", "XBA"} {
+		if err := validate.Currency("currency", bad); function.Code(err) != 400 || !strings.Contains(err.Error(), "currency") {
+			t.Errorf("Currency(%q) = %v, want a 400 naming the field", bad, err)
+		}
 	}
 }
