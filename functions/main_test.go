@@ -555,6 +555,20 @@ func TestDeletedStreamIsRecreated(t *testing.T) {
 	}
 }
 
+// A restock retried with its Idempotency-Key after a lost reply adds once.
+func TestRestockWithIdempotencyKey(t *testing.T) {
+	s := startSystem(t)
+	for range 3 {
+		must[*ordersv1.RestockResponse](t)(call[ordersv1.RestockResponse](t, s, "inventory.restock", &ordersv1.RestockRequest{Sku: "SKU-1", Quantity: 10}, "idempotency-key", "restock-1"))
+	}
+	if st := s.stock(t, "SKU-1"); st.GetAvailable() != 10 {
+		t.Errorf("available %d after three restocks with one key, want 10", st.GetAvailable())
+	}
+	if _, err := call[ordersv1.RestockResponse](t, s, "inventory.restock", &ordersv1.RestockRequest{Sku: "SKU-1", Quantity: 1}, "Idempotency-Key", "bad\x07key"); runtimetest.Code(err) != 400 {
+		t.Errorf("a key with a control character: %v, want 400", err)
+	}
+}
+
 // The header's name matches in any letter case, as HTTP gateways in front
 // of NATS may lower-case it.
 func TestIdempotencyKeyInAnyCase(t *testing.T) {

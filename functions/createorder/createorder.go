@@ -23,12 +23,7 @@ import (
 )
 
 // IdempotencyKeyHeader lets a client retry a create safely.
-const IdempotencyKeyHeader = "Idempotency-Key"
-
-// Limits on an order's shape.
-const (
-	maxIdemKeyLen = 255
-)
+const IdempotencyKeyHeader = validate.IdempotencyKeyHeader
 
 // New returns the orders.create function, appending to log; ids keyed by
 // an Idempotency-Key are derived with the secret kept in secrets.
@@ -53,7 +48,7 @@ func (c *creator) create(ctx context.Context, req *ordersv1.CreateOrderRequest) 
 		return nil, err
 	}
 	key := function.CallFrom(ctx).Header.Get(IdempotencyKeyHeader)
-	if err := validKey(key); err != nil {
+	if err := validate.IdempotencyKey(key); err != nil {
 		return nil, err
 	}
 
@@ -147,11 +142,4 @@ func Validate(req *ordersv1.CreateOrderRequest) (int64, error) {
 		total += int64(line)
 	}
 	return total, nil
-}
-
-func validKey(key string) error {
-	if key == "" {
-		return nil
-	}
-	return validate.Text("header "+IdempotencyKeyHeader, key, maxIdemKeyLen)
 }

@@ -19,16 +19,21 @@ func New(stock *inventory.Stock) function.Definition {
 		if q := req.GetQuantity(); q <= 0 || q > validate.MaxQuantity {
 			return nil, function.Invalid("quantity", "must be 1..%d, got %d", validate.MaxQuantity, q)
 		}
-		l, err := stock.Restock(ctx, req.GetSku(), req.GetQuantity())
+		key := function.CallFrom(ctx).Header.Get(validate.IdempotencyKeyHeader)
+		if err := validate.IdempotencyKey(key); err != nil {
+			return nil, err
+		}
+		l, err := stock.Restock(ctx, req.GetSku(), req.GetQuantity(), key)
 		if err != nil {
 			return nil, err
 		}
 		return &ordersv1.RestockResponse{Sku: l.GetSku(), Available: l.GetAvailable(), Reserved: l.GetReserved(), Sold: l.GetSold()}, nil
 	}
-	// A restock carries no id: a retry after a write whose reply was lost
-	// would add twice, so the runtime must not retry it.
+	// Without a key a retry after a write whose reply was lost would add
+	// twice, so the runtime never retries it; a caller retries with its
+	// Idempotency-Key.
 	return function.New("restock", restock,
-		function.WithDescription("Add units of a SKU; replies with its new stock levels. Not retried: a caller that lost the reply checks inventory.get first."),
+		function.WithDescription("Add units of a SKU; replies with its new stock levels. Send an Idempotency-Key header to retry safely: a repeat within 24h adds once."),
 		function.NotIdempotent(),
 		function.ForOperators(),
 		function.WritesBucket(inventory.Bucket))

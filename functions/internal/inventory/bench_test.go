@@ -24,7 +24,7 @@ func BenchmarkReserveSell(b *testing.B) {
 	st := inventory.New(bk)
 	ctx := context.Background()
 	for i := range 16 {
-		if _, err := st.Restock(ctx, fmt.Sprintf("S%d", i), 1_000_000); err != nil {
+		if _, err := st.Restock(ctx, fmt.Sprintf("S%d", i), 1_000_000, ""); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -31,6 +31,7 @@ package inventory
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -77,16 +78,54 @@ const (
 	releasedOne = ordersv1.HoldState_HOLD_STATE_RELEASED
 )
 
-// Restock adds quantity units of sku.
-func (st *Stock) Restock(ctx context.Context, sku string, quantity int32) (*ordersv1.StockLevel, error) {
+// Restocks are remembered this long, and this many at most per SKU, so
+// that a retried restock with the same key adds once.
+const (
+	RestockWindow = 24 * time.Hour
+	maxRestocks   = 64
+)
+
+// Restock adds quantity units of sku. With a key (the caller's
+// Idempotency-Key) a repeat within RestockWindow adds nothing and returns
+// the levels as they are; without one every call adds.
+func (st *Stock) Restock(ctx context.Context, sku string, quantity int32, key string) (*ordersv1.StockLevel, error) {
+	id := ""
+	if key != "" {
+		sum := sha256.Sum256([]byte(key))
+		id = hex.EncodeToString(sum[:16])
+	}
 	var out *ordersv1.StockLevel
 	err := st.level(ctx, sku, func(l *ordersv1.StockLevel, _ bool) error {
+		out = l
+		now := st.now()
+		for k, at := range l.Restocks {
+			if now.Sub(time.Unix(at, 0)) > RestockWindow {
+				delete(l.Restocks, k)
+			}
+		}
+		if _, done := l.Restocks[id]; id != "" && done {
+			return state.ErrNoChange
+		}
 		l.Sku = sku
 		if int64(l.Available)+int64(l.Reserved)+int64(l.Sold)+int64(quantity) > math.MaxInt32 {
 			return function.Invalid("quantity", "stock of %s would exceed %d units", sku, math.MaxInt32)
 		}
 		l.Available += quantity
-		out = l
+		if id != "" {
+			if l.Restocks == nil {
+				l.Restocks = map[string]int64{}
+			}
+			for len(l.Restocks) >= maxRestocks { // drop the oldest
+				oldest := ""
+				for k, at := range l.Restocks {
+					if oldest == "" || at < l.Restocks[oldest] {
+						oldest = k
+					}
+				}
+				delete(l.Restocks, oldest)
+			}
+			l.Restocks[id] = now.Unix()
+		}
 		return nil
 	})
 	return out, err

@@ -274,14 +274,46 @@ func TestConcurrentReservationsConserveStock(t *testing.T) {
 func TestRestockBounds(t *testing.T) {
 	st := newStock(t)
 	mustRestock(t, st, "A", 1<<30)
-	if _, err := st.Restock(context.Background(), "A", 1<<30); function.Code(err) != 400 {
+	if _, err := st.Restock(context.Background(), "A", 1<<30, ""); function.Code(err) != 400 {
 		t.Errorf("Restock past int32 = %v, want a 400", err)
 	}
 }
 
 func mustRestock(t *testing.T, st *inventory.Stock, sku string, n int32) {
 	t.Helper()
-	if _, err := st.Restock(context.Background(), sku, n); err != nil {
+	if _, err := st.Restock(context.Background(), sku, n, ""); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A restock with a key adds once, however often it is repeated; without a
+// key every call adds. Keys are remembered a day, at most 64 per SKU.
+func TestRestockWithAKeyAddsOnce(t *testing.T) {
+	st := newStock(t)
+	ctx := context.Background()
+	for range 3 {
+		if _, err := st.Restock(ctx, "A", 10, "r-1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := st.Restock(ctx, "A", 5, "r-2"); err != nil {
+		t.Fatal(err)
+	}
+	mustRestock(t, st, "A", 1)
+	mustRestock(t, st, "A", 1)
+	l, err := st.Level(ctx, "A")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.GetAvailable() != 17 {
+		t.Errorf("available %d, want 10 + 5 + 1 + 1", l.GetAvailable())
+	}
+	for i := range 100 {
+		if _, err := st.Restock(ctx, "A", 1, fmt.Sprintf("k-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l, _ := st.Level(ctx, "A"); len(l.GetRestocks()) > 64 || l.GetAvailable() != 117 {
+		t.Errorf("%d keys kept, %d available; want at most 64 and 117", len(l.GetRestocks()), l.GetAvailable())
 	}
 }

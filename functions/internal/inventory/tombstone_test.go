@@ -21,7 +21,7 @@ func TestTombstonesExpire(t *testing.T) {
 	}
 	now := time.Unix(1_800_000_000, 0)
 	st := &Stock{s: b, now: func() time.Time { return now }}
-	if _, err := st.Restock(ctx, "A", 10); err != nil {
+	if _, err := st.Restock(ctx, "A", 10, ""); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := st.Reserve(ctx, "o-1", []*ordersv1.OrderItem{{Sku: "A", Quantity: 2}}); err != nil {
@@ -41,14 +41,14 @@ func TestTombstonesExpire(t *testing.T) {
 		t.Fatal("release left no tombstone")
 	}
 	now = now.Add(TombstoneTTL - time.Minute)
-	if _, err := st.Restock(ctx, "A", 1); err != nil {
+	if _, err := st.Restock(ctx, "A", 1, ""); err != nil {
 		t.Fatal(err)
 	}
 	if entries() != 1 {
 		t.Error("tombstone dropped before its time")
 	}
 	now = now.Add(2 * time.Minute)
-	if _, err := st.Restock(ctx, "A", 1); err != nil {
+	if _, err := st.Restock(ctx, "A", 1, ""); err != nil {
 		t.Fatal(err)
 	}
 	if entries() != 0 {
@@ -68,7 +68,7 @@ func TestStrayHoldsAreGivenBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := New(b)
-	if _, err := st.Restock(ctx, "A", 100); err != nil {
+	if _, err := st.Restock(ctx, "A", 100, ""); err != nil {
 		t.Fatal(err)
 	}
 	item := []*ordersv1.OrderItem{{Sku: "A", Quantity: 3}}

@@ -76,6 +76,22 @@ func Text(field, s string, max int) error {
 	return nil
 }
 
+// IdempotencyKeyHeader lets a client retry a call that changes something
+// (orders.create, inventory.restock) safely: a repeat with the same key
+// does it once.
+const IdempotencyKeyHeader = "Idempotency-Key"
+
+// maxIdempotencyKey bounds the key in bytes.
+const maxIdempotencyKey = 255
+
+// IdempotencyKey checks an optional Idempotency-Key header value.
+func IdempotencyKey(key string) error {
+	if key == "" {
+		return nil
+	}
+	return Text("header "+IdempotencyKeyHeader, key, maxIdempotencyKey)
+}
+
 // MaxCustomerID bounds a customer id in bytes.
 const MaxCustomerID = 128
 

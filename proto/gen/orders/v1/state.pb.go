@@ -87,7 +87,11 @@ type StockLevel struct {
 	// entry together, so each step is applied once with a single-key write.
 	// Held entries live while an order is in flight; reserved equals their
 	// sum. Released entries are tombstones, dropped after an hour.
-	Holds         map[string]*Hold `protobuf:"bytes,5,rep,name=holds,proto3" json:"holds,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Holds map[string]*Hold `protobuf:"bytes,5,rep,name=holds,proto3" json:"holds,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Restocks applied recently, by the SHA-256 of their Idempotency-Key (hex),
+	// with the Unix time they were applied: a retried restock is found here
+	// and adds nothing. Kept 24 hours, at most 64.
+	Restocks      map[string]int64 `protobuf:"bytes,6,rep,name=restocks,proto3" json:"restocks,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -153,6 +157,13 @@ func (x *StockLevel) GetSold() int32 {
 func (x *StockLevel) GetHolds() map[string]*Hold {
 	if x != nil {
 		return x.Holds
+	}
+	return nil
+}
+
+func (x *StockLevel) GetRestocks() map[string]int64 {
+	if x != nil {
+		return x.Restocks
 	}
 	return nil
 }
@@ -563,18 +574,22 @@ var File_orders_v1_state_proto protoreflect.FileDescriptor
 
 const file_orders_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x15orders/v1/state.proto\x12\torders.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19orders/v1/inventory.proto\x1a\x18orders/v1/payments.proto\x1a\x15orders/v1/types.proto\"\xef\x01\n" +
+	"\x15orders/v1/state.proto\x12\torders.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19orders/v1/inventory.proto\x1a\x18orders/v1/payments.proto\x1a\x15orders/v1/types.proto\"\xed\x02\n" +
 	"\n" +
 	"StockLevel\x12\x10\n" +
 	"\x03sku\x18\x01 \x01(\tR\x03sku\x12\x1c\n" +
 	"\tavailable\x18\x02 \x01(\x05R\tavailable\x12\x1a\n" +
 	"\breserved\x18\x03 \x01(\x05R\breserved\x12\x12\n" +
 	"\x04sold\x18\x04 \x01(\x05R\x04sold\x126\n" +
-	"\x05holds\x18\x05 \x03(\v2 .orders.v1.StockLevel.HoldsEntryR\x05holds\x1aI\n" +
+	"\x05holds\x18\x05 \x03(\v2 .orders.v1.StockLevel.HoldsEntryR\x05holds\x12?\n" +
+	"\brestocks\x18\x06 \x03(\v2#.orders.v1.StockLevel.RestocksEntryR\brestocks\x1aI\n" +
 	"\n" +
 	"HoldsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12%\n" +
-	"\x05value\x18\x02 \x01(\v2\x0f.orders.v1.HoldR\x05value:\x028\x01\"\x8d\x01\n" +
+	"\x05value\x18\x02 \x01(\v2\x0f.orders.v1.HoldR\x05value:\x028\x01\x1a;\n" +
+	"\rRestocksEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\x8d\x01\n" +
 	"\x04Hold\x12\x1a\n" +
 	"\bquantity\x18\x01 \x01(\x05R\bquantity\x12*\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x14.orders.v1.HoldStateR\x05state\x12#\n" +
@@ -630,7 +645,7 @@ func file_orders_v1_state_proto_rawDescGZIP() []byte {
 }
 
 var file_orders_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_orders_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_orders_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_orders_v1_state_proto_goTypes = []any{
 	(HoldState)(0),                // 0: orders.v1.HoldState
 	(*StockLevel)(nil),            // 1: orders.v1.StockLevel
@@ -640,29 +655,31 @@ var file_orders_v1_state_proto_goTypes = []any{
 	(*GatewayEntry)(nil),          // 5: orders.v1.GatewayEntry
 	(*OrderIDKey)(nil),            // 6: orders.v1.OrderIDKey
 	nil,                           // 7: orders.v1.StockLevel.HoldsEntry
-	nil,                           // 8: orders.v1.Reservation.AttemptsEntry
-	(*OrderItem)(nil),             // 9: orders.v1.OrderItem
-	(ReservationStatus)(0),        // 10: orders.v1.ReservationStatus
-	(*Money)(nil),                 // 11: orders.v1.Money
-	(PaymentStatus)(0),            // 12: orders.v1.PaymentStatus
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	nil,                           // 8: orders.v1.StockLevel.RestocksEntry
+	nil,                           // 9: orders.v1.Reservation.AttemptsEntry
+	(*OrderItem)(nil),             // 10: orders.v1.OrderItem
+	(ReservationStatus)(0),        // 11: orders.v1.ReservationStatus
+	(*Money)(nil),                 // 12: orders.v1.Money
+	(PaymentStatus)(0),            // 13: orders.v1.PaymentStatus
+	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
 }
 var file_orders_v1_state_proto_depIdxs = []int32{
 	7,  // 0: orders.v1.StockLevel.holds:type_name -> orders.v1.StockLevel.HoldsEntry
-	0,  // 1: orders.v1.Hold.state:type_name -> orders.v1.HoldState
-	9,  // 2: orders.v1.Reservation.items:type_name -> orders.v1.OrderItem
-	10, // 3: orders.v1.Reservation.status:type_name -> orders.v1.ReservationStatus
-	8,  // 4: orders.v1.Reservation.attempts:type_name -> orders.v1.Reservation.AttemptsEntry
-	11, // 5: orders.v1.Payment.amount:type_name -> orders.v1.Money
-	12, // 6: orders.v1.Payment.status:type_name -> orders.v1.PaymentStatus
-	11, // 7: orders.v1.GatewayEntry.amount:type_name -> orders.v1.Money
-	13, // 8: orders.v1.OrderIDKey.legacy_until:type_name -> google.protobuf.Timestamp
-	2,  // 9: orders.v1.StockLevel.HoldsEntry.value:type_name -> orders.v1.Hold
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	8,  // 1: orders.v1.StockLevel.restocks:type_name -> orders.v1.StockLevel.RestocksEntry
+	0,  // 2: orders.v1.Hold.state:type_name -> orders.v1.HoldState
+	10, // 3: orders.v1.Reservation.items:type_name -> orders.v1.OrderItem
+	11, // 4: orders.v1.Reservation.status:type_name -> orders.v1.ReservationStatus
+	9,  // 5: orders.v1.Reservation.attempts:type_name -> orders.v1.Reservation.AttemptsEntry
+	12, // 6: orders.v1.Payment.amount:type_name -> orders.v1.Money
+	13, // 7: orders.v1.Payment.status:type_name -> orders.v1.PaymentStatus
+	12, // 8: orders.v1.GatewayEntry.amount:type_name -> orders.v1.Money
+	14, // 9: orders.v1.OrderIDKey.legacy_until:type_name -> google.protobuf.Timestamp
+	2,  // 10: orders.v1.StockLevel.HoldsEntry.value:type_name -> orders.v1.Hold
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_orders_v1_state_proto_init() }
@@ -679,7 +696,7 @@ func file_orders_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_orders_v1_state_proto_rawDesc), len(file_orders_v1_state_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
