@@ -18,6 +18,7 @@ import (
 	"os/signal"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -140,6 +141,11 @@ func main() {
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "orderflow:", err)
+		// One exit code for every configuration that cannot work, found at
+		// start or only once a server answered (2); anything else is 1.
+		if errors.Is(err, config.ErrInvalid) {
+			os.Exit(2)
+		}
 		os.Exit(1)
 	}
 }
@@ -232,6 +238,10 @@ type system struct {
 	http    *http.Server
 	// url is the server the system connected to.
 	url string
+	// httpListener is HTTP_ADDR, taken at start.
+	httpListener net.Listener
+	// dialErr is why the last attempt to reach NATS failed.
+	dialErr atomic.Value
 	// stopBackground ends keepResources.
 	stopBackground context.CancelFunc
 	// httpAddr is where /healthz listens, once started.
@@ -265,6 +275,15 @@ func start(ctx context.Context, cfg config.Config, out io.Writer, tp trace.Trace
 			sys.close()
 		}
 	}()
+	// The HTTP port is taken first: a busy one is a configuration error to
+	// report at once, not after the consumers are bound.
+	var ln net.Listener
+	if cfg.HTTPAddr != "off" {
+		if ln, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+			return nil, fmt.Errorf("%w: HTTP_ADDR %s: %w", config.ErrInvalid, cfg.HTTPAddr, err)
+		}
+		sys.httpListener = ln
+	}
 	if tp == nil {
 		tr, err := telemetry.Setup(ctx, telemetry.FromEnv(), "orderflow")
 		if err != nil {
@@ -287,7 +306,7 @@ func start(ctx context.Context, cfg config.Config, out io.Writer, tp trace.Trace
 	if err != nil {
 		return nil, err
 	}
-	st, err := openStores(ctx, js, cfg, res, tp, sys.log)
+	st, err := openStores(ctx, js, cfg, res, tp, sys.log, sys.lastDialError)
 	if err != nil {
 		return nil, err
 	}
@@ -354,11 +373,7 @@ func start(ctx context.Context, cfg config.Config, out io.Writer, tp trace.Trace
 	if cfg.PProf {
 		sys.health.ServeProfiles()
 	}
-	if cfg.HTTPAddr != "off" {
-		ln, err := net.Listen("tcp", cfg.HTTPAddr)
-		if err != nil {
-			return nil, fmt.Errorf("HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
-		}
+	if ln != nil {
 		sys.httpAddr = ln.Addr().String()
 		sys.http = &http.Server{Handler: sys.health, ReadHeaderTimeout: 5 * time.Second}
 		go func() {
@@ -418,6 +433,12 @@ func (s *system) connect(role string) (jetstream.JetStream, error) {
 			}
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) { s.log.Info("NATS reconnected", "url", redact(c.ConnectedUrl())) }),
+		// Why the server cannot be reached, for the log of a pod waiting.
+		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				s.dialErr.Store(err.Error())
+			}
+		}),
 	)
 	if s.nc, err = nats.Connect(s.url, connOpts...); err != nil {
 		return nil, fmt.Errorf("connect %s: %w", redact(s.url), err)
@@ -508,13 +529,28 @@ func declared(regs []registration, cfg config.Config) (durable.Resources, error)
 // openStores finds (or, if allowed, creates) the streams and buckets and
 // opens the stores on them, waiting for JetStream when the server is not
 // up yet: pods may start before it.
-func openStores(ctx context.Context, js jetstream.JetStream, cfg config.Config, res durable.Resources, tp trace.TracerProvider, log *slog.Logger) (stores, error) {
+func openStores(ctx context.Context, js jetstream.JetStream, cfg config.Config, res durable.Resources, tp trace.TracerProvider, log *slog.Logger, dialErr func() string) (stores, error) {
 	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
-		st, err := tryOpenStores(ctx, js, cfg, res, tp, log)
+		var st stores
+		var err error
+		if nc := js.Conn(); nc.IsConnected() {
+			st, err = tryOpenStores(ctx, js, cfg, res, tp, log)
+		} else {
+			err = fmt.Errorf("not connected to NATS (%s): %s", nc.Status(), dialErr())
+		}
 		if err == nil {
 			return st, nil
 		}
-		log.Warn("JetStream not ready, retrying", "error", err, "in", wait)
+		var api *jetstream.APIError
+		if errors.As(err, &api) && api.ErrorCode == 10074 { // replicas > 1 without a cluster
+			return stores{}, fmt.Errorf("%w: STREAM_REPLICAS=%d: the server at NATS_URL is not a JetStream cluster, which replicas need; set STREAM_REPLICAS=1 or join a cluster: %w",
+				config.ErrInvalid, cfg.StreamReplicas, err)
+		}
+		if nc := js.Conn(); !nc.IsConnected() {
+			log.Warn("NATS not reachable; waiting for it", "nats_url", redact(urlOrEmbedded(cfg)), "cause", err.Error(), "in", wait)
+		} else {
+			log.Warn("JetStream not ready, retrying", "error", err, "in", wait)
+		}
 		select {
 		case <-ctx.Done():
 			return stores{}, fmt.Errorf("open streams: %w (last error: %w)", ctx.Err(), err)
@@ -572,6 +608,22 @@ func tryOpenStores(ctx context.Context, js jetstream.JetStream, cfg config.Confi
 	})
 	st.stock, st.payments = inventory.New(stock), payments.New(pay, gw)
 	return st, nil
+}
+
+// urlOrEmbedded names the server a pod connects to, for logs.
+func urlOrEmbedded(cfg config.Config) string {
+	if cfg.NATSURL == "" {
+		return "(embedded)"
+	}
+	return cfg.NATSURL
+}
+
+// lastDialError is why the last attempt to reach NATS failed, if one did.
+func (s *system) lastDialError() string {
+	if e, ok := s.dialErr.Load().(string); ok {
+		return e
+	}
+	return "no answer yet"
 }
 
 // logActions logs what Ensure created and what differs from its
@@ -708,6 +760,9 @@ func (s *system) shutdown() error {
 
 // close releases the connection and the embedded server.
 func (s *system) close() {
+	if s.httpListener != nil && s.http == nil {
+		s.httpListener.Close() // taken, never served: start failed
+	}
 	if s.stopBackground != nil {
 		s.stopBackground()
 	}

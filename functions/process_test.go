@@ -335,20 +335,42 @@ func TestBinaryWithExternalServer(t *testing.T) {
 	}
 }
 
+// Every configuration that cannot work exits 2, at once, naming the
+// variable: found by parsing, by the registry, by taking the HTTP port, or
+// only once a server answered (replicas on a server that is not a cluster).
 func TestBinaryRejectsBadConfig(t *testing.T) {
 	bin, _ := binaries(t)
-	for _, env := range []string{"WORKER_POOL_SIZE=zero", "WORKER_POOL_SIZE=0", "FUNCTIONS=orders.nope", "PAYMENT_FAILURE_RATE=2"} {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	single := runtimetest.StartNATS(t)
+	for _, tt := range []struct{ env, name string }{
+		{"WORKER_POOL_SIZE=zero", "WORKER_POOL_SIZE"},
+		{"WORKER_POOL_SIZE=0", "WORKER_POOL_SIZE"},
+		{"FUNCTIONS=orders.nope", "FUNCTIONS"},
+		{"RETRY_POLICY_ORDERS_NOPE=attempts=2", "RETRY_POLICY_ORDERS_NOPE"},
+		{"PAYMENT_FAILURE_RATE=2", "PAYMENT_FAILURE_RATE"},
+		{"PAYMENT_FAILURE_RATE=NaN", "PAYMENT_FAILURE_RATE"},
+		{"NATS_URL=nats://u:pw@host:notaport", "NATS_URL"},
+		{"HTTP_ADDR=" + busy.Addr().String(), "HTTP_ADDR"},
+		{"STREAM_REPLICAS=3", "STREAM_REPLICAS"},
+	} {
 		cmd := exec.Command(bin)
 		cmd.Dir = t.TempDir()
-		cmd.Env = append(os.Environ(), env, "NATS_URL=nats://127.0.0.1:1", "HTTP_ADDR=off")
+		cmd.Env = append(os.Environ(), "NATS_URL="+single.ClientURL(), "HTTP_ADDR=off", tt.env)
+		start := time.Now()
 		out, err := cmd.CombinedOutput()
 		var ee *exec.ExitError
-		if !errors.As(err, &ee) || ee.ExitCode() == 0 {
-			t.Errorf("%s: exit %v, want a failure\n%s", env, err, out)
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+			t.Errorf("%s: exit %v, want 2\n%s", tt.env, err, out)
 		}
-		name, _, _ := strings.Cut(env, "=")
-		if !strings.Contains(string(out), name) {
-			t.Errorf("%s: output does not name %s:\n%s", env, name, out)
+		if !strings.Contains(string(out), tt.name) {
+			t.Errorf("%s: output does not name %s:\n%s", tt.env, tt.name, out)
+		}
+		if took := time.Since(start); took > 10*time.Second {
+			t.Errorf("%s: took %s to fail", tt.env, took)
 		}
 	}
 }

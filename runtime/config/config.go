@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
+	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -95,6 +98,53 @@ type Config struct {
 	// ones; `provision` does). false: only look them up, for pods whose
 	// identity may not manage JetStream.
 	CreateMissing bool `envconfig:"CREATE_MISSING" default:"true"`
+}
+
+// checkURLs checks a NATS_URL list: each entry a nats, tls, ws or wss URL
+// with a host (a scheme-less host:port is taken as nats://, as nats.go does).
+func checkURLs(list string) error {
+	if list == "" {
+		return nil
+	}
+	for _, raw := range strings.Split(list, ",") {
+		raw = strings.TrimSpace(raw)
+		if !strings.Contains(raw, "://") {
+			raw = "nats://" + raw
+		}
+		u, err := url.Parse(raw)
+		if err != nil {
+			var ue *url.Error
+			if errors.As(err, &ue) {
+				err = ue.Err // the URL it quotes would show the password
+			}
+			return fmt.Errorf("%q is not a URL: %v", redactURL(raw), err)
+		}
+		switch u.Scheme {
+		case "nats", "tls", "ws", "wss":
+		default:
+			return fmt.Errorf("%q: scheme %q, want nats, tls, ws or wss", redactURL(raw), u.Scheme)
+		}
+		if u.Hostname() == "" {
+			return fmt.Errorf("%q has no host", redactURL(raw))
+		}
+		if p := u.Port(); p != "" {
+			if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+				return fmt.Errorf("%q: port %q is not 1..65535", redactURL(raw), p)
+			}
+		}
+	}
+	return nil
+}
+
+// redactURL hides credentials in a URL that may not even parse.
+func redactURL(s string) string {
+	if at := strings.LastIndex(s, "@"); at >= 0 {
+		if i := strings.Index(s, "://"); i >= 0 && i < at {
+			return s[:i+3] + "xxxxx" + s[at:]
+		}
+		return "xxxxx" + s[at:]
+	}
+	return s
 }
 
 // span is the longest a message can be retried under p: its backoff, plus
@@ -218,15 +268,18 @@ func (c Config) Validate() error {
 			bad(name, "%v", err)
 		}
 	}
+	if err := checkURLs(c.NATSURL); err != nil {
+		bad("NATS_URL", "%v", err)
+	}
 	if c.HTTPAddr != "off" {
 		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 			bad("HTTP_ADDR", "%q is not host:port (or \"off\")", c.HTTPAddr)
 		}
 	}
-	if c.PaymentMaxOrderMinor < 0 {
-		bad("PAYMENT_MAX_ORDER_MINOR", "must not be negative, got %d", c.PaymentMaxOrderMinor)
+	if c.PaymentMaxOrderMinor < 1 {
+		bad("PAYMENT_MAX_ORDER_MINOR", "must be at least 1, got %d", c.PaymentMaxOrderMinor)
 	}
-	if c.PaymentFailureRate < 0 || c.PaymentFailureRate > 1 {
+	if math.IsNaN(c.PaymentFailureRate) || c.PaymentFailureRate < 0 || c.PaymentFailureRate > 1 {
 		bad("PAYMENT_FAILURE_RATE", "must be a probability 0..1, got %g", c.PaymentFailureRate)
 	}
 	if c.PaymentLatency < 0 {

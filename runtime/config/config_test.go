@@ -87,6 +87,14 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{"OUTAGE_HORIZON", "15m"}, // 5 attempts × 15m outlasts the 1h duplicate window
 		{"CREATE_MISSING", "perhaps"},
 		{"PPROF", "sometimes"},
+		{"PAYMENT_FAILURE_RATE", "NaN"},
+		{"PAYMENT_MAX_ORDER_MINOR", "0"},
+		{"RETRY_POLICY", "multiplier=NaN"},
+		{"RETRY_POLICY", "jitter=NaN"},
+		{"RETRY_POLICY", "multiplier=+Inf"},
+		{"NATS_URL", "nats://user:pw@host:notaport"},
+		{"NATS_URL", "http://example.com:4222"},
+		{"NATS_URL", "nats://"},
 		{"NATS_CREDS", "/no/such/file.creds"},
 		{"NATS_CERT", "/no/such/cert.pem"},
 	}
@@ -101,5 +109,14 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 				t.Errorf("error %q does not name %s", err, tt.name)
 			}
 		})
+	}
+}
+
+// A bad NATS_URL is named without its password.
+func TestBadURLHidesPassword(t *testing.T) {
+	t.Setenv("NATS_URL", "nats://orders:s3cret@[::1")
+	_, err := config.Load()
+	if err == nil || !strings.Contains(err.Error(), "NATS_URL") || strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("Load = %v, want NATS_URL named and the password hidden", err)
 	}
 }

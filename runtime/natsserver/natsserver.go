@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -49,20 +50,74 @@ func Load(path string) (*server.Options, error) {
 }
 
 // Start runs a server with opts and waits until it takes connections. The
-// server's own signal handling and logging are off: the host owns both.
+// server's own signal handling is off: the host owns it. With opts.NoLog
+// the server's log is off too, but its errors are kept: a server that
+// cannot start (a port in use, a store it cannot open) says why, at once.
 func Start(opts *server.Options) (*server.Server, error) {
 	opts.NoSigs = true
 	s, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("nats server: %w", err)
 	}
-	if !opts.NoLog {
+	errs := &errorLog{fatal: make(chan string, 1)}
+	if opts.NoLog {
+		s.SetLoggerV2(errs, false, false, false)
+	} else {
 		s.ConfigureLogger()
 	}
-	s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		s.Shutdown()
-		return nil, fmt.Errorf("nats server: not ready after 10s (is port %d in use?)", opts.Port)
+	go s.Start()
+	deadline := time.Now().Add(10 * time.Second)
+	for !s.ReadyForConnections(50 * time.Millisecond) {
+		select {
+		case msg := <-errs.fatal:
+			s.Shutdown()
+			return nil, fmt.Errorf("nats server: %s", msg)
+		default:
+		}
+		if time.Now().After(deadline) {
+			s.Shutdown()
+			if last := errs.last(); last != "" {
+				return nil, fmt.Errorf("nats server: not ready after 10s: %s", last)
+			}
+			return nil, fmt.Errorf("nats server: not ready after 10s")
+		}
 	}
 	return s, nil
+}
+
+// errorLog keeps what the server reports as errors, and passes on the
+// first fatal one.
+type errorLog struct {
+	mu    sync.Mutex
+	errs  []string
+	fatal chan string
+}
+
+func (l *errorLog) Noticef(string, ...any) {}
+func (l *errorLog) Warnf(string, ...any)   {}
+func (l *errorLog) Debugf(string, ...any)  {}
+func (l *errorLog) Tracef(string, ...any)  {}
+
+func (l *errorLog) Errorf(format string, v ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.errs = append(l.errs, fmt.Sprintf(format, v...))
+}
+
+func (l *errorLog) Fatalf(format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	l.Errorf("%s", msg)
+	select {
+	case l.fatal <- msg:
+	default:
+	}
+}
+
+func (l *errorLog) last() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.errs) == 0 {
+		return ""
+	}
+	return l.errs[len(l.errs)-1]
 }

@@ -1,9 +1,12 @@
 package natsserver_test
 
 import (
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 
@@ -70,5 +73,26 @@ func TestStart(t *testing.T) {
 	defer s.Shutdown()
 	if !s.JetStreamEnabled() {
 		t.Error("JetStream is off")
+	}
+}
+
+// A server that cannot start says why, at once: here its monitoring port
+// is taken.
+func TestStartReportsTheServersError(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	opts := natsserver.Defaults()
+	opts.Port, opts.HTTPPort, opts.StoreDir, opts.NoLog = -1, ln.Addr().(*net.TCPAddr).Port, t.TempDir(), true
+	start := time.Now()
+	s, err := natsserver.Start(opts)
+	if err == nil {
+		s.Shutdown()
+		t.Fatal("started with its monitoring port taken")
+	}
+	if took := time.Since(start); took > 5*time.Second || !strings.Contains(err.Error(), "monitor") {
+		t.Errorf("after %s: %v; want the server's own error, at once", took, err)
 	}
 }

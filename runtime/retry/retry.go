@@ -75,6 +75,10 @@ func (p Policy) Horizon() time.Duration {
 // Validate checks the policy.
 func (p Policy) Validate() error {
 	switch {
+	case math.IsNaN(p.Multiplier) || math.IsInf(p.Multiplier, 0):
+		return fmt.Errorf("%w: multiplier must be a number, got %g", ErrInvalid, p.Multiplier)
+	case math.IsNaN(p.Jitter) || math.IsInf(p.Jitter, 0):
+		return fmt.Errorf("%w: jitter must be a number, got %g", ErrInvalid, p.Jitter)
 	case p.MaxAttempts < 0:
 		return fmt.Errorf("%w: attempts must not be negative, got %d", ErrInvalid, p.MaxAttempts)
 	case p.Initial <= 0:
