@@ -48,7 +48,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if def == "" {
 		def = "nats://127.0.0.1:4222"
 	}
-	fs.StringVar(&o.server, "server", def, "NATS server URL (default $NATS_URL)")
+	fs.StringVar(&o.server, "server", def, "NATS server URL: $NATS_URL when set")
 	fs.IntVar(&o.orders, "orders", 2000, "orders to place (with --duration: at most)")
 	fs.DurationVar(&o.duration, "duration", 0, "place orders for this long instead of a fixed count")
 	fs.IntVar(&o.clients, "clients", 8, "concurrent clients placing orders")
