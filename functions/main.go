@@ -306,7 +306,8 @@ func start(ctx context.Context, cfg config.Config, out io.Writer, tp trace.Trace
 	if err != nil {
 		return nil, err
 	}
-	st, err := openStores(ctx, js, cfg, res, tp, sys.log, sys.lastDialError)
+	writes := durable.NewWrites()
+	st, err := openStores(ctx, js, cfg, res, tp, sys.log, sys.lastDialError, writes)
 	if err != nil {
 		return nil, err
 	}
@@ -364,6 +365,7 @@ func start(ctx context.Context, cfg config.Config, out io.Writer, tp trace.Trace
 		}},
 		health.Check{Name: "functions", Fn: func(context.Context) error { return sys.host.Ready() }},
 		health.Check{Name: "streams", Fn: func(ctx context.Context) error { return durable.Check(ctx, js, res) }},
+		health.Check{Name: "writes", Fn: func(context.Context) error { return writes.Check() }},
 	)
 	if cfg.CreateMissing {
 		bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -529,12 +531,12 @@ func declared(regs []registration, cfg config.Config) (durable.Resources, error)
 // openStores finds (or, if allowed, creates) the streams and buckets and
 // opens the stores on them, waiting for JetStream when the server is not
 // up yet: pods may start before it.
-func openStores(ctx context.Context, js jetstream.JetStream, cfg config.Config, res durable.Resources, tp trace.TracerProvider, log *slog.Logger, dialErr func() string) (stores, error) {
+func openStores(ctx context.Context, js jetstream.JetStream, cfg config.Config, res durable.Resources, tp trace.TracerProvider, log *slog.Logger, dialErr func() string, writes *durable.Writes) (stores, error) {
 	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
 		var st stores
 		var err error
 		if nc := js.Conn(); nc.IsConnected() {
-			st, err = tryOpenStores(ctx, js, cfg, res, tp, log)
+			st, err = tryOpenStores(ctx, js, cfg, res, tp, log, writes)
 		} else {
 			err = fmt.Errorf("not connected to NATS (%s): %s", nc.Status(), dialErr())
 		}
@@ -559,7 +561,7 @@ func openStores(ctx context.Context, js jetstream.JetStream, cfg config.Config, 
 	}
 }
 
-func tryOpenStores(ctx context.Context, js jetstream.JetStream, cfg config.Config, res durable.Resources, tp trace.TracerProvider, log *slog.Logger) (stores, error) {
+func tryOpenStores(ctx context.Context, js jetstream.JetStream, cfg config.Config, res durable.Resources, tp trace.TracerProvider, log *slog.Logger, writes *durable.Writes) (stores, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	actions, err := durable.Ensure(ctx, js, res, provisioning(cfg))
@@ -568,7 +570,7 @@ func tryOpenStores(ctx context.Context, js jetstream.JetStream, cfg config.Confi
 	}
 	logActions(log, actions, false)
 	dc := storeConfig(cfg)
-	dc.Mode, dc.Tracing = durable.Lookup, tp // ensured above
+	dc.Mode, dc.Tracing, dc.Writes = durable.Lookup, tp, writes // ensured above
 	var st stores
 	if res.HasStream(durable.EventStream) {
 		if st.log, err = durable.OpenLog(ctx, js, dc); err != nil {

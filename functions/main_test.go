@@ -655,3 +655,37 @@ func TestRedactHidesPasswords(t *testing.T) {
 		}
 	}
 }
+
+// A stream that refuses writes (full, with its limits set to discard new
+// messages) makes /readyz fail with the reason, and pass again once it
+// takes writes.
+func TestReadyzFailsWhileAStreamRefusesWrites(t *testing.T) {
+	s := startSystem(t)
+	ctx := context.Background()
+	st := must[jetstream.Stream](t)(s.js.Stream(ctx, "ORDERS"))
+	cfg := st.CachedInfo().Config
+	cfg.MaxBytes, cfg.Discard = 16<<10, jetstream.DiscardNew
+	if _, err := s.js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	readyz := func() (int, string) { return httpGet(t, "http://"+s.sys.httpAddr+"/readyz") }
+	refused := false
+	for i := 0; i < 500 && !refused; i++ {
+		_, err := call[ordersv1.CreateOrderResponse](t, s, "orders.create", validOrder())
+		refused = err != nil
+	}
+	if !refused {
+		t.Fatal("the full stream took every order")
+	}
+	if code, body := readyz(); code != 503 || !strings.Contains(body, "ORDERS refuses writes") || !strings.Contains(body, "maximum bytes") {
+		t.Errorf("/readyz with ORDERS full: %d %s", code, body)
+	}
+	cfg.MaxBytes = -1
+	if _, err := s.js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	must[*ordersv1.CreateOrderResponse](t)(call[ordersv1.CreateOrderResponse](t, s, "orders.create", validOrder()))
+	if code, body := readyz(); code != 200 {
+		t.Errorf("/readyz after the stream took a write again: %d %s", code, body)
+	}
+}

@@ -19,6 +19,7 @@ type Bucket struct {
 	// subjects is "$KV.<name>.", the prefix of every key's subject.
 	subjects string
 	reads    *reads
+	writes   *Writes
 }
 
 var _ state.Store = (*Bucket)(nil)
@@ -37,7 +38,7 @@ func OpenBucket(ctx context.Context, js jetstream.JetStream, name string, c Conf
 	if err != nil {
 		return nil, err
 	}
-	return &Bucket{kv: kv, name: name, subjects: "$KV." + name + ".", reads: r}, nil
+	return &Bucket{kv: kv, name: name, subjects: "$KV." + name + ".", reads: r, writes: c.Writes}, nil
 }
 
 // Get implements state.Store. It reads from the stream leader, so it sees
@@ -87,5 +88,9 @@ func (b *Bucket) Put(ctx context.Context, key string, value proto.Message, rev u
 	} else {
 		_, err = b.kv.Update(c.ctx, key, data, rev)
 	}
-	return c.done("put "+b.name+"/"+key, err)
+	err = c.done("put "+b.name+"/"+key, err)
+	if !errors.Is(err, state.ErrConflict) {
+		b.writes.done(BucketStream(b.name), err)
+	}
+	return err
 }

@@ -50,6 +50,7 @@ type DeadLetters struct {
 	js     jetstream.JetStream
 	stream string
 	tracer trace.Tracer
+	writes *Writes
 }
 
 // OpenDeadLetters binds the dead-letter stream, creating it first if
@@ -58,7 +59,7 @@ func OpenDeadLetters(ctx context.Context, js jetstream.JetStream, c Config) (*De
 	if _, err := Ensure(ctx, js, Resources{Streams: []jetstream.StreamConfig{DeadLetterStreamConfig(c)}}, c.Mode.open()); err != nil {
 		return nil, err
 	}
-	return &DeadLetters{js: js, stream: DeadLetterStream, tracer: c.tracer()}, nil
+	return &DeadLetters{js: js, stream: DeadLetterStream, tracer: c.tracer(), writes: c.Writes}, nil
 }
 
 // Put stores a dead letter on DEADLETTER.<consumer>. Its message id is the
@@ -78,6 +79,7 @@ func (d *DeadLetters) Put(ctx context.Context, dl *runtimev1.DeadLetter) error {
 	c := startCall(ctx)
 	ack, err := d.js.PublishMsg(c.ctx, m, jetstream.WithMsgID(id))
 	err = c.done("dead letter "+id, err)
+	d.writes.done(d.stream, err)
 	endPublish(span, ack, err)
 	return err
 }

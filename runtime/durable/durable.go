@@ -36,6 +36,9 @@ type Config struct {
 	// (the zero value, CreateMissing) or only find it (Lookup). Opening
 	// never changes an existing one; Ensure with Apply does.
 	Mode Mode
+	// Writes, when set, learns whether each write was stored or refused
+	// for lack of room, for readiness.
+	Writes *Writes
 	// Tracing gives publishes a producer span and puts its context in the
 	// message headers (default: no tracing).
 	Tracing trace.TracerProvider

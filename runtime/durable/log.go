@@ -23,6 +23,7 @@ type Log struct {
 	stream string
 	tracer trace.Tracer
 	reads  *reads
+	writes *Writes
 }
 
 var _ state.Log = (*Log)(nil)
@@ -36,7 +37,7 @@ func OpenLog(ctx context.Context, js jetstream.JetStream, c Config) (*Log, error
 	if err != nil {
 		return nil, err
 	}
-	return &Log{js: js, stream: EventStream, tracer: c.tracer(), reads: r}, nil
+	return &Log{js: js, stream: EventStream, tracer: c.tracer(), reads: r, writes: c.Writes}, nil
 }
 
 // Append implements state.Log: it publishes with Nats-Msg-Id set to e.ID (if
@@ -68,6 +69,9 @@ func (l *Log) Append(ctx context.Context, e state.Event) (uint64, bool, error) {
 	c := startCall(ctx)
 	ack, err := l.js.PublishMsg(c.ctx, m, opts...)
 	err = c.done("publish "+e.Subject, err)
+	if !errors.Is(err, state.ErrConflict) {
+		l.writes.done(l.stream, err)
+	}
 	if e.Once && errors.Is(err, state.ErrConflict) {
 		endPublish(span, ack, nil)
 		return 0, true, nil // stored before: by an earlier attempt

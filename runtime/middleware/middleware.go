@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -55,6 +57,7 @@ func Timeout(d time.Duration) function.Middleware {
 // and duration. The logger's handler adds the function, trace and order
 // (telemetry.LogHandler).
 func Logging(log *slog.Logger) function.Middleware {
+	repeats := newRepeats(10 * time.Second)
 	return func(next function.Handler) function.Handler {
 		return func(ctx context.Context, req proto.Message) (proto.Message, error) {
 			start := time.Now()
@@ -78,7 +81,16 @@ func Logging(log *slog.Logger) function.Middleware {
 			}
 			attrs := []slog.Attr{slog.String("subject", function.CallFrom(ctx).Subject), slog.Duration("duration", time.Since(start))}
 			if err != nil {
+				// The same failure over and over (a full store, a broken
+				// dependency) is logged once per window, with a count.
+				first, skipped := repeats.allow(function.CallFrom(ctx).Name(), function.Code(err), err)
+				if !first {
+					return resp, err
+				}
 				attrs = append(attrs, slog.Int("code", function.Code(err)), slog.String("error", err.Error()))
+				if skipped > 0 {
+					attrs = append(attrs, slog.Int("repeats_not_logged", skipped))
+				}
 			}
 			log.LogAttrs(ctx, level, msg, attrs...)
 			return resp, err
@@ -124,4 +136,48 @@ func Retry(p retry.Policy) function.Middleware {
 			}
 		}
 	}
+}
+
+// repeats lets one failure of a kind through per window: the kind is the
+// function, the code and the innermost part of the error's text (the part
+// after the last ": ", which carries no order id).
+type repeats struct {
+	window time.Duration
+	mu     sync.Mutex
+	seen   map[string]*repeat
+}
+
+type repeat struct {
+	last    time.Time
+	skipped int
+}
+
+func newRepeats(window time.Duration) *repeats {
+	return &repeats{window: window, seen: map[string]*repeat{}}
+}
+
+func (r *repeats) allow(fn string, code int, err error) (bool, int) {
+	msg := err.Error()
+	if i := strings.LastIndex(msg, ": "); i >= 0 {
+		msg = msg[i+2:]
+	}
+	key := fmt.Sprintf("%s %d %s", fn, code, msg)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := time.Now()
+	e := r.seen[key]
+	if e == nil {
+		if len(r.seen) > 1000 { // bounded: forget old kinds
+			clear(r.seen)
+		}
+		r.seen[key] = &repeat{last: now}
+		return true, 0
+	}
+	if now.Sub(e.last) < r.window {
+		e.skipped++
+		return false, 0
+	}
+	skipped := e.skipped
+	e.last, e.skipped = now, 0
+	return true, skipped
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -70,5 +71,26 @@ func TestLoggingLevels(t *testing.T) {
 		if tt.want != "" && (!strings.Contains(buf.String(), "function=orders.create") || !strings.Contains(buf.String(), "order_id=o-1")) {
 			t.Errorf("log line lacks the function: %s", buf.String())
 		}
+	}
+}
+
+// The same failure over and over is logged once per window, whatever order
+// it is about; a different failure is logged at once.
+func TestLoggingBoundsRepeats(t *testing.T) {
+	var buf bytes.Buffer
+	n := 0
+	h := middleware.Logging(slog.New(slog.NewTextHandler(&buf, nil)))(func(context.Context, proto.Message) (proto.Message, error) {
+		n++
+		if n == 50 {
+			return nil, errors.New("publish ORDER.o-50.created: disk on fire")
+		}
+		return nil, fmt.Errorf("publish ORDER.o-%d.created: maximum bytes exceeded", n)
+	})
+	ctx := function.WithCall(context.Background(), function.Call{Service: "orders", Function: "create"})
+	for range 100 {
+		_, _ = h(ctx, nil)
+	}
+	if lines := strings.Count(buf.String(), "call failed"); lines != 2 {
+		t.Errorf("100 failures of two kinds logged %d lines, want 2:\n%s", lines, buf.String())
 	}
 }
