@@ -74,9 +74,17 @@ type stores struct {
 	payments    *payments.Payments
 	secrets     *durable.Bucket
 	deadLetters *durable.DeadLetters
+	// backlog counts the orders in flight, for MAX_PENDING_ORDERS.
+	backlog    func(context.Context) (int, error)
+	maxPending int
 	// ended learns of every order this host ends, for the saga metrics.
 	ended orderlog.Observer
 }
+
+// sagaConsumers are the consumers of the saga's steps on the order log: an
+// order in flight waits in one of them.
+var sagaConsumers = []string{reservestock.Durable, chargepayment.Durable, sellstock.Durable,
+	refundpayment.Durable, releasestock.DurableDeclined, releasestock.DurableRefunded}
 
 type registration struct {
 	svc function.Service
@@ -86,7 +94,7 @@ type registration struct {
 // registry lists every function, one line each.
 func registry(s stores) []registration {
 	return []registration{
-		{ordersService, createorder.New(s.log, s.secrets)},
+		{ordersService, createorder.New(s.log, s.secrets, createorder.Admission{Max: s.maxPending, Backlog: s.backlog, Consumers: sagaConsumers})},
 		{ordersService, getorder.New(s.log)},
 		{ordersService, cancelorder.New(s.log)},
 		{inventoryService, restock.New(s.stock)},
@@ -609,6 +617,7 @@ func tryOpenStores(ctx context.Context, js jetstream.JetStream, cfg config.Confi
 		Latency:       cfg.PaymentLatency,
 	})
 	st.stock, st.payments = inventory.New(stock), payments.New(pay, gw)
+	st.maxPending, st.backlog = cfg.MaxPendingOrders, durable.NewBacklog(js, durable.EventStream, sagaConsumers...).Count
 	return st, nil
 }
 

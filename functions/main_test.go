@@ -689,3 +689,38 @@ func TestReadyzFailsWhileAStreamRefusesWrites(t *testing.T) {
 		t.Errorf("/readyz after the stream took a write again: %d %s", code, body)
 	}
 }
+
+// With MAX_PENDING_ORDERS, creates are refused (503, with a hint to retry)
+// while that many orders are in flight, and taken again once the saga
+// catches up.
+func TestAdmissionLimit(t *testing.T) {
+	s := startSystem(t, func(c *config.Config) {
+		c.MaxPendingOrders = 5
+		c.PaymentLatency = time.Second // orders wait in the charge step
+	})
+	s.restock(t, "SKU-1", 1000)
+	var accepted []string
+	var busy error
+	for i := 0; i < 50 && busy == nil; i++ {
+		o, err := call[ordersv1.CreateOrderResponse](t, s, "orders.create", validOrder())
+		if err != nil {
+			busy = err
+			break
+		}
+		accepted = append(accepted, o.GetOrderId())
+		time.Sleep(50 * time.Millisecond)
+	}
+	if runtimetest.Code(busy) != 503 || !strings.Contains(busy.Error(), "in flight, the limit is 5") {
+		t.Fatalf("after %d creates: %v, want a 503 naming the limit", len(accepted), busy)
+	}
+	if len(accepted) < 5 {
+		t.Errorf("only %d orders taken before the limit of 5", len(accepted))
+	}
+	for _, id := range accepted {
+		s.awaitTerminal(t, id)
+	}
+	time.Sleep(1100 * time.Millisecond) // the count is at most a second old
+	if _, err := call[ordersv1.CreateOrderResponse](t, s, "orders.create", validOrder()); err != nil {
+		t.Errorf("create once the saga caught up: %v", err)
+	}
+}

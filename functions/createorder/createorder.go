@@ -25,26 +25,44 @@ import (
 // IdempotencyKeyHeader lets a client retry a create safely.
 const IdempotencyKeyHeader = validate.IdempotencyKeyHeader
 
+// Admission bounds the saga's backlog: while more than Max orders are
+// created and not yet ended, creates are refused with a 503 and a hint to
+// retry, instead of piling up orders whose end-to-end time grows without
+// bound.
+type Admission struct {
+	// Max orders in flight; 0: no limit.
+	Max int
+	// Backlog counts the orders in flight: the unfinished messages of the
+	// saga's Consumers on the order log.
+	Backlog   func(context.Context) (int, error)
+	Consumers []string
+}
+
 // New returns the orders.create function, appending to log; ids keyed by
 // an Idempotency-Key are derived with the secret kept in secrets.
-func New(log state.Log, secrets state.Store) function.Definition {
-	c := &creator{log: log, now: time.Now, ids: &ids{secrets: secrets, log: log, now: time.Now}}
+func New(log state.Log, secrets state.Store, adm Admission) function.Definition {
+	c := &creator{log: log, now: time.Now, ids: &ids{secrets: secrets, log: log, now: time.Now}, adm: adm}
 	return function.New("create", c.create,
 		function.WithDescription("Validate an order, assign its id and publish OrderCreated; replies after the JetStream ack. Send an Idempotency-Key header to retry safely."),
 		function.Publishes(orderlog.Stream, orderlog.On(orderlog.Created)),
 		function.Reads(orderlog.Stream),
-		function.WritesBucket(SecretsBucket))
+		function.WritesBucket(SecretsBucket),
+		function.WatchesConsumers(orderlog.Stream, adm.Consumers...))
 }
 
 type creator struct {
 	log state.Log
 	now func() time.Time
 	ids *ids
+	adm Admission
 }
 
 func (c *creator) create(ctx context.Context, req *ordersv1.CreateOrderRequest) (*ordersv1.CreateOrderResponse, error) {
 	total, err := Validate(req)
 	if err != nil {
+		return nil, err
+	}
+	if err := c.admit(ctx); err != nil {
 		return nil, err
 	}
 	key := function.CallFrom(ctx).Header.Get(IdempotencyKeyHeader)
@@ -102,6 +120,22 @@ func (c *creator) create(ctx context.Context, req *ordersv1.CreateOrderRequest) 
 		return nil, err
 	}
 	return &ordersv1.CreateOrderResponse{OrderId: id, Status: order.Status}, nil
+}
+
+// admit refuses a create while the backlog is at its limit. A retry with
+// the same Idempotency-Key later is safe.
+func (c *creator) admit(ctx context.Context) error {
+	if c.adm.Max <= 0 || c.adm.Backlog == nil {
+		return nil
+	}
+	n, err := c.adm.Backlog(ctx)
+	if err != nil {
+		return err
+	}
+	if n >= c.adm.Max {
+		return fmt.Errorf("%w: %d orders in flight, the limit is %d: retry in a second (with the same Idempotency-Key)", function.ErrBusy, n, c.adm.Max)
+	}
+	return nil
 }
 
 // replay answers a repeated key with the first order, unless the request

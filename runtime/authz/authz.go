@@ -121,6 +121,11 @@ func For(name string, fns []Function, s Settings) Role {
 		for _, st := range f.Def.Uses.Reads {
 			reads(st)
 		}
+		for _, w := range f.Def.Uses.Watches {
+			for _, c := range w.Consumers {
+				pub.add(api + "CONSUMER.INFO." + w.Stream + "." + c)
+			}
+		}
 		for _, st := range f.Def.Uses.Deletes {
 			stream(st)
 			pub.add(api + "STREAM.MSG.DELETE." + st)

@@ -93,6 +93,9 @@ type Config struct {
 	// its attempts. Each attempt may wait this long, so attempts times it,
 	// plus the retry backoff, must stay inside EVENT_DUPLICATE_WINDOW.
 	OutageHorizon time.Duration `envconfig:"OUTAGE_HORIZON" default:"2m"`
+	// MaxPendingOrders refuses creates (503) while this many orders are
+	// created and not yet ended; 0: no limit.
+	MaxPendingOrders int `envconfig:"MAX_PENDING_ORDERS" default:"0"`
 	// CreateMissing lets a serving pod create the streams, buckets and
 	// consumers it needs when they do not exist (it never changes existing
 	// ones; `provision` does). false: only look them up, for pods whose
@@ -291,6 +294,9 @@ func (c Config) Validate() error {
 	def, err := retry.Parse(c.RetryPolicy, retry.Default)
 	if err != nil {
 		bad("RETRY_POLICY", "%v", err)
+	}
+	if c.MaxPendingOrders < 0 {
+		bad("MAX_PENDING_ORDERS", "must not be negative (0: no limit), got %d", c.MaxPendingOrders)
 	}
 	if c.OutageHorizon < 0 {
 		bad("OUTAGE_HORIZON", "must not be negative, got %s", c.OutageHorizon)

@@ -87,6 +87,7 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{"OUTAGE_HORIZON", "15m"}, // 5 attempts × 15m outlasts the 1h duplicate window
 		{"CREATE_MISSING", "perhaps"},
 		{"PPROF", "sometimes"},
+		{"MAX_PENDING_ORDERS", "-1"},
 		{"PAYMENT_FAILURE_RATE", "NaN"},
 		{"PAYMENT_MAX_ORDER_MINOR", "0"},
 		{"RETRY_POLICY", "multiplier=NaN"},

@@ -24,6 +24,10 @@ var (
 // allows, so a failover never cancels an order.
 var ErrUnavailable = errors.New("unavailable")
 
+// ErrBusy marks a call refused to protect the system (an admission limit):
+// 503, and not retried in process; the caller retries later.
+var ErrBusy = errors.New("busy")
+
 // IsUnavailable reports whether err is, or wraps, ErrUnavailable.
 func IsUnavailable(err error) bool { return errors.Is(err, ErrUnavailable) }
 
@@ -55,7 +59,7 @@ func Code(err error) int {
 		return 404
 	case errors.Is(err, ErrConflict):
 		return 409
-	case errors.Is(err, ErrUnavailable):
+	case errors.Is(err, ErrUnavailable), errors.Is(err, ErrBusy):
 		return 503
 	case errors.Is(err, context.DeadlineExceeded):
 		return 504

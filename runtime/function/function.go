@@ -80,6 +80,8 @@ type Uses struct {
 	Reads []string
 	// Deletes are streams it deletes single messages from.
 	Deletes []string
+	// Watches are consumers whose state it reads (a backlog), by stream.
+	Watches []Watch
 	// Buckets are the KV buckets it reads, and writes if Write is set.
 	Buckets []BucketUse
 }
@@ -107,6 +109,18 @@ func Publishes(stream string, subjects ...string) Option {
 // Reads declares that the function reads the messages of stream.
 func Reads(stream string) Option {
 	return func(d *Definition) { d.Uses.Reads = append(d.Uses.Reads, stream) }
+}
+
+// Watch is a stream and consumers of it whose state a function reads.
+type Watch struct {
+	Stream    string
+	Consumers []string
+}
+
+// WatchesConsumers declares that the function reads the state of consumers
+// of stream (their backlog), which it does not consume from.
+func WatchesConsumers(stream string, consumers ...string) Option {
+	return func(d *Definition) { d.Uses.Watches = append(d.Uses.Watches, Watch{Stream: stream, Consumers: consumers}) }
 }
 
 // DeletesFrom declares that the function deletes messages from stream.

@@ -111,7 +111,7 @@ func Retry(p retry.Policy) function.Middleware {
 		return func(ctx context.Context, req proto.Message) (proto.Message, error) {
 			for attempt, tries := 1, 1; ; tries++ {
 				resp, err := next(ctx, req)
-				if err == nil || function.IsPermanent(err) || ctx.Err() != nil || p.MaxAttempts == 1 {
+				if err == nil || function.IsPermanent(err) || errors.Is(err, function.ErrBusy) || ctx.Err() != nil || p.MaxAttempts == 1 {
 					return resp, err
 				}
 				// Without a deadline nothing would bound an outage's
