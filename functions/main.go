@@ -112,7 +112,7 @@ func registry(s stores) []registration {
 
 const usage = `usage: orderflow [command]
   serve                   run the functions (the default)
-  provision               create or update every stream, bucket and consumer, then exit
+  provision [--force]     create or update every stream, bucket and consumer, then exit
   authz [--account NAME]  print the nats-server permissions of every role, for include
 `
 
@@ -143,7 +143,10 @@ func main() {
 		os.Exit(2)
 	}
 	if cmd == "provision" {
-		err = provision(ctx, cfg, os.Stdout)
+		fs := flag.NewFlagSet("provision", flag.ExitOnError)
+		force := fs.Bool("force", false, "also loosen limits an operator tightened (a shorter max age)")
+		_ = fs.Parse(args)
+		err = provision(ctx, cfg, os.Stdout, *force)
 	} else {
 		err = run(ctx, cfg, os.Stdout)
 	}
@@ -188,7 +191,7 @@ func run(ctx context.Context, cfg config.Config, out io.Writer) error {
 // functions FUNCTIONS selects need, as declared, and reports what it did.
 // Serving pods then only look them up (CREATE_MISSING=false) or create
 // what is missing, and never change what exists.
-func provision(ctx context.Context, cfg config.Config, out io.Writer) error {
+func provision(ctx context.Context, cfg config.Config, out io.Writer, force bool) error {
 	if err := checkNames(cfg); err != nil {
 		return err
 	}
@@ -221,7 +224,11 @@ func provision(ctx context.Context, cfg config.Config, out io.Writer) error {
 	res.Consumers = h.Resources().Consumers
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	actions, err := durable.Ensure(ctx, js, res, durable.Apply)
+	mode := durable.Apply
+	if force {
+		mode = durable.ApplyForce
+	}
+	actions, err := durable.Ensure(ctx, js, res, mode)
 	for _, a := range actions {
 		fmt.Fprintln(out, a)
 	}
@@ -375,10 +382,13 @@ func start(ctx context.Context, cfg config.Config, out io.Writer, tp trace.Trace
 		health.Check{Name: "streams", Fn: func(ctx context.Context) error { return durable.Check(ctx, js, res) }},
 		health.Check{Name: "writes", Fn: func(context.Context) error { return writes.Check() }},
 	)
+	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	sys.stopBackground = cancel
 	if cfg.CreateMissing {
-		bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		sys.stopBackground = cancel
 		go keepResources(bg, js, res, sys.log)
+	}
+	if cfg.OrderRetention > 0 && slices.ContainsFunc(regs, func(r registration) bool { return r.svc == deadletter.Service && r.def.Name == "replay" }) {
+		go sweepDeadLetters(bg, st.deadLetters, orderlog.ReplayTarget(st.log), cfg.OrderRetention, sys.log)
 	}
 	if cfg.PProf {
 		sys.health.ServeProfiles()
@@ -516,7 +526,16 @@ func roleOf(regs []registration) string {
 
 // storeConfig sizes the streams and buckets from config.
 func storeConfig(cfg config.Config) durable.Config {
-	return durable.Config{Replicas: cfg.StreamReplicas, DuplicateWindow: cfg.DuplicateWindow, Mode: provisioning(cfg)}
+	return durable.Config{Replicas: cfg.StreamReplicas, DuplicateWindow: cfg.DuplicateWindow, Mode: provisioning(cfg),
+		Retention: cfg.OrderRetention, Expiring: orderRecords}
+}
+
+// orderRecords are, per bucket, the keys that hold an order's records and
+// expire with it: a reservation, a payment, a gateway entry.
+var orderRecords = map[string]func(key string) bool{
+	inventory.Bucket: inventory.IsOrderRecord,
+	payments.Bucket:  func(string) bool { return true },
+	gateway.Bucket:   func(string) bool { return true },
 }
 
 // provisioning is what a serving pod may do to missing resources.
@@ -648,6 +667,27 @@ func logActions(log *slog.Logger, actions []durable.Action, recreated bool) {
 			log.Info(a.Kind+" created", "name", a.Name)
 		case a.Differs != "" && !recreated:
 			log.Warn(a.Kind+" differs from its declaration; run `orderflow provision` to update it", "name", a.Name, "differs", a.Differs)
+		}
+	}
+}
+
+// sweepDeadLetters deletes, now and then, the dead letters older than the
+// retention whose order has ended; those of open orders stay.
+func sweepDeadLetters(ctx context.Context, d *durable.DeadLetters, t deadletter.Target, retention time.Duration, log *slog.Logger) {
+	every := min(max(retention/4, time.Second), time.Hour)
+	failures := telemetry.NewLimiter(time.Hour)
+	for {
+		n, err := d.Sweep(ctx, retention, t)
+		if n > 0 {
+			log.Info("dead letters of ended orders expired", "count", n, "older_than", retention)
+		}
+		if err != nil && ctx.Err() == nil && failures.Allow() {
+			log.Warn("sweeping dead letters failed", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(every):
 		}
 	}
 }

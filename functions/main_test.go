@@ -724,3 +724,62 @@ func TestAdmissionLimit(t *testing.T) {
 		t.Errorf("create once the saga caught up: %v", err)
 	}
 }
+
+// With ORDER_RETENTION, an order's events and records go once it is old;
+// the SKU's levels stay. A create repeated with its key after that starts
+// a new order (the key is forgotten with its order), which runs to its end
+// like any other: never a stuck order.
+func TestRetention(t *testing.T) {
+	const retention = 3 * time.Second
+	s := startSystem(t, func(c *config.Config) { c.OrderRetention = retention })
+	s.restock(t, "SKU-1", 10)
+	create := func() string {
+		return must[*ordersv1.CreateOrderResponse](t)(call[ordersv1.CreateOrderResponse](t, s, "orders.create", validOrder(), "Idempotency-Key", "k-ret")).GetOrderId()
+	}
+	id := create()
+	if st := s.awaitTerminal(t, id).GetOrder().GetStatus(); st != confirmed {
+		t.Fatalf("order %s", st)
+	}
+	ctx := context.Background()
+	if age := must[jetstream.Stream](t)(s.js.Stream(ctx, "ORDERS")).CachedInfo().Config.MaxAge; age != retention {
+		t.Errorf("ORDERS max age %s, want %s", age, retention)
+	}
+	for _, b := range []string{"KV_stock", "KV_payments", "KV_gateway"} {
+		if !must[jetstream.Stream](t)(s.js.Stream(ctx, b)).CachedInfo().Config.AllowMsgTTL {
+			t.Errorf("%s does not allow per-message TTLs", b)
+		}
+	}
+	deadline := time.Now().Add(retention + 10*time.Second)
+	for {
+		_, err := call[ordersv1.GetOrderResponse](t, s, "orders.get", &ordersv1.GetOrderRequest{OrderId: id})
+		_, perr := call[ordersv1.GetPaymentResponse](t, s, "payments.get", &ordersv1.GetPaymentRequest{OrderId: id})
+		if runtimetest.Code(err) == 404 && runtimetest.Code(perr) == 404 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the retention: orders.get %v, payments.get %v; want both 404", err, perr)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if st := s.stock(t, "SKU-1"); st.GetSold() != 2 || st.GetAvailable() != 8 {
+		t.Errorf("the SKU's levels went with the order: %v", st)
+	}
+	kv := must[jetstream.KeyValue](t)(s.js.KeyValue(ctx, "secrets"))
+	if _, err := kv.Get(ctx, "order-id"); err != nil {
+		t.Errorf("the order-id secret expired: %v", err)
+	}
+
+	again := create()
+	if again != id {
+		t.Errorf("the repeat got %s, want the same id %s (a new order under it)", again, id)
+	}
+	if st := s.awaitTerminal(t, again).GetOrder().GetStatus(); st != confirmed {
+		t.Errorf("the new order under the old key ended %s", st)
+	}
+	if p := s.payment(t, again); p.GetCaptures() != 1 {
+		t.Errorf("the new order's payment %v, want one capture", p)
+	}
+	if st := s.stock(t, "SKU-1"); st.GetSold() != 4 {
+		t.Errorf("stock after the second order %v, want 4 sold", st)
+	}
+}

@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/orderflow/orderflow/runtime/authz"
 	"github.com/orderflow/orderflow/runtime/runtimetest"
 )
@@ -396,10 +398,10 @@ func TestProvision(t *testing.T) {
 	srv := runtimetest.StartNATS(t)
 	js := runtimetest.JetStream(t, runtimetest.Connect(t, srv))
 	bin, _ := binaries(t)
-	provision := func(env ...string) string {
+	provision := func(args ...string) string {
 		t.Helper()
-		cmd := exec.Command(bin, "provision")
-		cmd.Env = append(os.Environ(), append([]string{"NATS_URL=" + srv.ClientURL()}, env...)...)
+		cmd := exec.Command(bin, append([]string{"provision"}, args...)...)
+		cmd.Env = append(os.Environ(), "NATS_URL="+srv.ClientURL())
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			t.Fatalf("provision: %v\n%s", err, out)
@@ -425,7 +427,7 @@ func TestProvision(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := s.CachedInfo().Config
-	cfg.MaxAge = 720 * time.Hour
+	cfg.MaxAge = 240 * time.Hour // tighter than the declared ORDER_RETENTION, 720h
 	if _, err := js.UpdateStream(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -448,8 +450,8 @@ func TestProvision(t *testing.T) {
 		t.Helper()
 		s, _ := js.Stream(ctx, "ORDERS")
 		c, _ := js.Consumer(ctx, "ORDERS", "inventory-reserve")
-		if got := s.CachedInfo().Config.MaxAge; got != 720*time.Hour {
-			t.Errorf("ORDERS max age %s, want the operator's 720h", got)
+		if got := s.CachedInfo().Config.MaxAge; got != 240*time.Hour {
+			t.Errorf("ORDERS max age %s, want the operator's 240h", got)
 		}
 		if got := c.CachedInfo().Config.AckWait; got != wantAckWait {
 			t.Errorf("inventory-reserve ack wait %s, want %s", got, wantAckWait)
@@ -457,12 +459,18 @@ func TestProvision(t *testing.T) {
 	}
 	kept(45 * time.Second)
 
-	// Provisioning applies the declarations, keeping what orderflow does not
-	// declare (retention).
-	if out := provision(); !strings.Contains(out, "consumer ORDERS/inventory-reserve updated") {
-		t.Errorf("provision did not update the consumer:\n%s", out)
+	// Provisioning applies the declarations, keeping the operator's tighter
+	// retention; --force loosens it back to the declared one.
+	if out := provision(); !strings.Contains(out, "consumer ORDERS/inventory-reserve updated") || !strings.Contains(out, "kept the tighter max age 240h0m0s") {
+		t.Errorf("provision did not update the consumer, or not keep the tighter limit:\n%s", out)
 	}
 	kept(30 * time.Second)
+	if out := provision("--force"); !strings.Contains(out, "stream ORDERS updated") {
+		t.Errorf("provision --force did not loosen the limit:\n%s", out)
+	}
+	if got := must[jetstream.Stream](t)(js.Stream(ctx, "ORDERS")).CachedInfo().Config.MaxAge; got != 720*time.Hour {
+		t.Errorf("ORDERS max age after --force: %s, want 720h", got)
+	}
 
 	// A stream deleted under a pod that may not create it: /readyz names
 	// it until provisioning puts it back, and the pod binds again.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/orderflow/orderflow/functions/chargepayment"
 	"github.com/orderflow/orderflow/functions/internal/orderlog"
@@ -486,4 +487,47 @@ func TestRandomInterleavingOfPublicCalls(t *testing.T) {
 		}
 	}
 	t.Logf("outcomes: %v", counts)
+}
+
+// Dead letters expire with ORDER_RETENTION once their order has ended (or
+// if it never existed); the letter of an order still open stays, however
+// old: invariant 5 holds for every order in flight.
+func TestDeadLettersOfEndedOrdersExpire(t *testing.T) {
+	// No compensation and no payments here: the order stays open.
+	s := startSystem(t, func(c *config.Config) {
+		c.OrderRetention = 20 * time.Second
+		c.Functions = []string{"orders.create", "orders.get", "inventory", "deadletters"}
+	})
+	s.restock(t, "SKU-1", 5)
+	open := s.create(t, order("SKU-1", 1, 100))
+	waitStatus(t, s, open, ordersv1.OrderStatus_ORDER_STATUS_RESERVED)
+	letter := func(subject, typ string) {
+		t.Helper()
+		// Failed a minute ago, so older than the retention, while the open
+		// order's events are fresh.
+		dl := &runtimev1.DeadLetter{Stream: "ORDERS", Subject: subject, Consumer: "payments-charge", Function: "payments.charge",
+			FailedAt: timestamppb.New(time.Now().Add(-time.Minute)), Headers: []*runtimev1.Header{{Name: "Event-Type", Value: typ}},
+			Data: must[[]byte](t)(proto.Marshal(&ordersv1.StockReserved{OrderId: orderlog.OrderID(subject)}))}
+		if _, err := s.js.Publish(context.Background(), "DEADLETTER.payments-charge", must[[]byte](t)(proto.Marshal(dl))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	letter("ORDER."+open+".stock_reserved", "orders.v1.StockReserved")
+	letter("ORDER.never-existed.stock_reserved", "orders.v1.StockReserved")
+	letter("$KV.stock.sku.SKU-1", "orders.v1.StockLevel")
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		list := must[*runtimev1.ListDeadLettersResponse](t)(call[runtimev1.ListDeadLettersResponse](t, s, "deadletters.list", &runtimev1.ListDeadLettersRequest{}))
+		var subjects []string
+		for _, dl := range list.GetDeadLetters() {
+			subjects = append(subjects, dl.GetSubject())
+		}
+		if len(subjects) == 1 && subjects[0] == "ORDER."+open+".stock_reserved" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dead letters after the retention: %v, want only the open order's", subjects)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }

@@ -134,7 +134,7 @@ func securePods(t *testing.T, s *secureServer, mutate ...func(*config.Config)) m
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var out bytes.Buffer
-	if err := provision(ctx, s.as("admin", mutate...), &out); err != nil {
+	if err := provision(ctx, s.as("admin", mutate...), &out, false); err != nil {
 		t.Fatalf("provision as admin: %v\n%s", err, out.String())
 	}
 	pods := map[string]*system{}
@@ -145,8 +145,10 @@ func securePods(t *testing.T, s *secureServer, mutate ...func(*config.Config)) m
 			t.Fatalf("pod %s: %v", role, err)
 		}
 		t.Cleanup(func() { _ = sys.shutdown() })
-		if err := sys.host.Ready(); err != nil {
-			t.Fatalf("pod %s not ready: %v", role, err)
+		for deadline := time.Now().Add(10 * time.Second); sys.host.Ready() != nil; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("pod %s not ready: %v", role, sys.host.Ready())
+			}
 		}
 		pods[role] = sys
 	}

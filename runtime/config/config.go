@@ -93,6 +93,9 @@ type Config struct {
 	// its attempts. Each attempt may wait this long, so attempts times it,
 	// plus the retry backoff, must stay inside EVENT_DUPLICATE_WINDOW.
 	OutageHorizon time.Duration `envconfig:"OUTAGE_HORIZON" default:"2m"`
+	// OrderRetention is how long an order's events and records are kept
+	// (its dead letters too, once it has ended); 0 keeps them for ever.
+	OrderRetention time.Duration `envconfig:"ORDER_RETENTION" default:"720h"`
 	// MaxPendingOrders refuses creates (503) while this many orders are
 	// created and not yet ended; 0: no limit.
 	MaxPendingOrders int `envconfig:"MAX_PENDING_ORDERS" default:"0"`
@@ -294,6 +297,9 @@ func (c Config) Validate() error {
 	def, err := retry.Parse(c.RetryPolicy, retry.Default)
 	if err != nil {
 		bad("RETRY_POLICY", "%v", err)
+	}
+	if c.OrderRetention < 0 {
+		bad("ORDER_RETENTION", "must not be negative (0: for ever), got %s", c.OrderRetention)
 	}
 	if c.MaxPendingOrders < 0 {
 		bad("MAX_PENDING_ORDERS", "must not be negative (0: no limit), got %d", c.MaxPendingOrders)

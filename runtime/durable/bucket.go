@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -20,13 +21,18 @@ type Bucket struct {
 	subjects string
 	reads    *reads
 	writes   *Writes
+	js       jetstream.JetStream
+	// ttl is how long a write under a key lives (nil or 0: for ever).
+	ttl func(key string) time.Duration
 }
 
 var _ state.Store = (*Bucket)(nil)
 
 // OpenBucket binds KV bucket name, creating it first if c.Mode allows.
 func OpenBucket(ctx context.Context, js jetstream.JetStream, name string, c Config) (*Bucket, error) {
-	if _, err := Ensure(ctx, js, Resources{Buckets: []jetstream.KeyValueConfig{BucketConfig(name, c)}}, c.Mode.open()); err != nil {
+	res := Resources{Buckets: []jetstream.KeyValueConfig{BucketConfig(name, c)}}
+	res.Expiring = c.ExpiringBuckets(res)
+	if _, err := Ensure(ctx, js, res, c.Mode.open()); err != nil {
 		return nil, err
 	}
 	call := startCall(ctx)
@@ -38,7 +44,20 @@ func OpenBucket(ctx context.Context, js jetstream.JetStream, name string, c Conf
 	if err != nil {
 		return nil, err
 	}
-	return &Bucket{kv: kv, name: name, subjects: "$KV." + name + ".", reads: r, writes: c.Writes}, nil
+	b := &Bucket{kv: kv, name: name, subjects: "$KV." + name + ".", reads: r, writes: c.Writes, js: js}
+	if ttl := c.keyTTL(name); ttl != nil {
+		// A store made before records expired has TTLs off until
+		// `provision` turns them on: until then its records are kept.
+		call := startCall(ctx)
+		s, err := js.Stream(call.ctx, BucketStream(name))
+		if err = call.done("stream "+BucketStream(name), err); err != nil {
+			return nil, err
+		}
+		if s.CachedInfo().Config.AllowMsgTTL {
+			b.ttl = ttl
+		}
+	}
+	return b, nil
 }
 
 // Get implements state.Store. It reads from the stream leader, so it sees
@@ -75,6 +94,13 @@ func deleted(h nats.Header) bool {
 
 var marshal = proto.MarshalOptions{}
 
+func (b *Bucket) keyTTL(key string) time.Duration {
+	if b.ttl == nil {
+		return 0
+	}
+	return b.ttl(key)
+}
+
 // Put implements state.Store: a KV create (rev 0) or update at rev. A lost
 // race is state.ErrConflict, whatever code the server answered with.
 func (b *Bucket) Put(ctx context.Context, key string, value proto.Message, rev uint64) error {
@@ -83,9 +109,17 @@ func (b *Bucket) Put(ctx context.Context, key string, value proto.Message, rev u
 		return fmt.Errorf("encode %s/%s: %w", b.name, key, err)
 	}
 	c := startCall(ctx)
-	if rev == 0 {
+	switch ttl := b.keyTTL(key); {
+	case ttl > 0:
+		// A record that expires: the expected-revision check of a KV
+		// update, with a time to live. An expired record leaves nothing
+		// behind, so a create (rev 0) after it works.
+		m := nats.NewMsg(b.subjects + key)
+		m.Data = data
+		_, err = b.js.PublishMsg(c.ctx, m, jetstream.WithExpectLastSequencePerSubject(rev), jetstream.WithMsgTTL(ttl))
+	case rev == 0:
 		_, err = b.kv.Create(c.ctx, key, data)
-	} else {
+	default:
 		_, err = b.kv.Update(c.ctx, key, data, rev)
 	}
 	err = c.done("put "+b.name+"/"+key, err)

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -179,4 +180,46 @@ func (d *DeadLetters) delete(ctx context.Context, s jetstream.Stream, seq uint64
 		return classify(false, fmt.Sprintf("delete dead letter %d", seq), err)
 	}
 	return nil
+}
+
+// Sweep deletes the dead letters that failed more than age ago and that t
+// says there is nothing left to do for (their order ended, or never
+// existed), or that are not t's to replay at all, oldest first; a letter
+// of an order still open is kept, however old. It returns how many went.
+func (d *DeadLetters) Sweep(ctx context.Context, age time.Duration, t deadletter.Target) (int, error) {
+	s, err := d.js.Stream(ctx, d.stream)
+	if err != nil {
+		return 0, classify(false, "stream "+d.stream, err)
+	}
+	cutoff := time.Now().Add(-age)
+	swept := 0
+	for after := uint64(0); ; {
+		dls, err := d.List(ctx, after, 100)
+		if err != nil || len(dls) == 0 {
+			return swept, err
+		}
+		for _, dl := range dls {
+			if dl.GetFailedAt().AsTime().After(cutoff) {
+				return swept, nil // the rest are younger
+			}
+			after = dl.GetSequence()
+			hdr := nats.Header{}
+			for _, h := range dl.GetHeaders() {
+				hdr.Add(h.GetName(), h.GetValue())
+			}
+			gone := t.Allows(dl.GetStream(), dl.GetSubject(), hdr, dl.GetData()) != nil
+			if !gone && t.Done != nil {
+				if gone, err = t.Done(ctx, dl.GetSubject()); err != nil {
+					return swept, err
+				}
+			}
+			if !gone {
+				continue // its order is open: kept until it ends
+			}
+			if err := d.delete(ctx, s, dl.GetSequence()); err != nil {
+				return swept, err
+			}
+			swept++
+		}
+	}
 }

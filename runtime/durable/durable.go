@@ -36,6 +36,12 @@ type Config struct {
 	// (the zero value, CreateMissing) or only find it (Lookup). Opening
 	// never changes an existing one; Ensure with Apply does.
 	Mode Mode
+	// Retention is how long an order's events, and the records kept under
+	// its id, are kept after they are written; 0 keeps them forever.
+	Retention time.Duration
+	// Expiring says, per bucket, which keys are an order's records and
+	// expire with Retention (the rest, a SKU's level say, never do).
+	Expiring map[string]func(key string) bool
 	// Writes, when set, learns whether each write was stored or refused
 	// for lack of room, for readiness.
 	Writes *Writes
@@ -72,9 +78,34 @@ func EventStreamConfig(c Config) jetstream.StreamConfig {
 		Storage:     jetstream.FileStorage,
 		Retention:   jetstream.LimitsPolicy,
 		Replicas:    c.Replicas,
-		Duplicates:  c.DuplicateWindow,
+		Duplicates:  duplicates(c),
+		MaxAge:      c.Retention,
 		// Direct gets serve an order's history without a consumer.
 		AllowDirect: true,
+	}
+}
+
+// duplicates is the event stream's duplicate window, which the server
+// wants no longer than its max age.
+func duplicates(c Config) time.Duration {
+	if c.Retention > 0 && c.Retention < c.DuplicateWindow {
+		return c.Retention
+	}
+	return c.DuplicateWindow
+}
+
+// keyTTL is how long a write under key of bucket lives: Retention for an
+// order's records, 0 (for ever) for the rest.
+func (c Config) keyTTL(bucket string) func(key string) time.Duration {
+	expiring := c.Expiring[bucket]
+	if c.Retention <= 0 || expiring == nil {
+		return nil
+	}
+	return func(key string) time.Duration {
+		if expiring(key) {
+			return c.Retention
+		}
+		return 0
 	}
 }
 

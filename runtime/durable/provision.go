@@ -21,6 +21,9 @@ type Resources struct {
 	Streams   []jetstream.StreamConfig
 	Buckets   []jetstream.KeyValueConfig
 	Consumers []Consumer
+	// Expiring are the buckets whose keys may carry a time to live: their
+	// streams allow per-message TTLs.
+	Expiring []string
 }
 
 // Consumer is a durable consumer on a stream.
@@ -52,8 +55,11 @@ const (
 	// For pods whose identity may not manage JetStream.
 	Lookup
 	// Apply creates what is missing and updates what differs from its
-	// declaration: `provision`.
+	// declaration: `provision`. A limit an operator tightened (a shorter
+	// max age) is kept.
 	Apply
+	// ApplyForce is Apply that also loosens limits: `provision --force`.
+	ApplyForce
 )
 
 func (m Mode) String() string {
@@ -64,6 +70,8 @@ func (m Mode) String() string {
 		return "lookup"
 	case Apply:
 		return "apply"
+	case ApplyForce:
+		return "apply-force"
 	}
 	return fmt.Sprintf("Mode(%d)", int(m))
 }
@@ -118,7 +126,7 @@ func Ensure(ctx context.Context, js jetstream.JetStream, r Resources, mode Mode)
 		run(func() (Action, error) { return ensureStream(ctx, js, cfg, mode) })
 	}
 	for _, cfg := range r.Buckets {
-		run(func() (Action, error) { return ensureBucket(ctx, js, cfg, mode) })
+		run(func() (Action, error) { return ensureBucket(ctx, js, cfg, slices.Contains(r.Expiring, cfg.Bucket), mode) })
 	}
 	wg.Wait()
 	if len(errs) == 0 {
@@ -163,11 +171,15 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.Str
 	}
 	have := s.CachedInfo().Config
 	a.Differs = streamDiff(have, cfg)
-	if a.Differs != "" && mode == Apply {
-		if _, err := js.UpdateStream(ctx, owned(have, cfg)); err != nil {
-			return a, classify(false, "update stream "+cfg.Name, err)
+	if a.Differs != "" && mode >= Apply {
+		next, kept := owned(have, cfg, mode == ApplyForce)
+		if streamDiff(have, next) != "" {
+			if _, err := js.UpdateStream(ctx, next); err != nil {
+				return a, classify(false, "update stream "+cfg.Name, err)
+			}
+			a.Did = "updated"
 		}
-		a.Did, a.Differs = "updated", ""
+		a.Differs = kept
 	}
 	return a, nil
 }
@@ -208,13 +220,32 @@ func once(ctx context.Context, fn func(context.Context) error) error {
 
 // owned is the existing configuration have with the settings orderflow
 // declares taken from want, so that an update changes those and nothing an
-// operator set (limits, compression, placement, metadata, ...).
-func owned(have, want jetstream.StreamConfig) jetstream.StreamConfig {
-	have.Description, have.Subjects, have.Replicas, have.AllowDirect = want.Description, want.Subjects, want.Replicas, want.AllowDirect
+// operator set (other limits, compression, placement, metadata, ...). The
+// declared max age replaces a longer one, but replaces a shorter one, set
+// by an operator, only with force; kept says so.
+func owned(have, want jetstream.StreamConfig, force bool) (next jetstream.StreamConfig, kept string) {
+	next = have
+	next.Description, next.Subjects, next.Replicas, next.AllowDirect = want.Description, want.Subjects, want.Replicas, want.AllowDirect
+	next.AllowMsgTTL = next.AllowMsgTTL || want.AllowMsgTTL // once on, a stream's TTLs cannot be turned off
 	if want.Duplicates > 0 {
-		have.Duplicates = want.Duplicates
+		next.Duplicates = want.Duplicates
 	}
-	return have
+	if looser(want.MaxAge, have.MaxAge) && !force {
+		kept = fmt.Sprintf("kept the tighter max age %s (declared %s): `provision --force` loosens it", have.MaxAge, age(want.MaxAge))
+	} else {
+		next.MaxAge = want.MaxAge
+	}
+	return next, kept
+}
+
+// looser reports whether limit a (0: none) is looser than b.
+func looser(a, b time.Duration) bool { return b > 0 && (a == 0 || a > b) }
+
+func age(d time.Duration) string {
+	if d == 0 {
+		return "none"
+	}
+	return d.String()
 }
 
 // streamDiff says how have differs from want in what orderflow declares.
@@ -232,10 +263,16 @@ func streamDiff(have, want jetstream.StreamConfig) string {
 	if have.AllowDirect != want.AllowDirect {
 		d = append(d, fmt.Sprintf("allow direct %t, declared %t", have.AllowDirect, want.AllowDirect))
 	}
+	if have.MaxAge != want.MaxAge {
+		d = append(d, fmt.Sprintf("max age %s, declared %s", age(have.MaxAge), age(want.MaxAge)))
+	}
+	if want.AllowMsgTTL && !have.AllowMsgTTL {
+		d = append(d, "per-message TTLs off, declared on")
+	}
 	return strings.Join(d, "; ")
 }
 
-func ensureBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig, mode Mode) (Action, error) {
+func ensureBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig, ttls bool, mode Mode) (Action, error) {
 	a := Action{Kind: "bucket", Name: cfg.Bucket, Did: "exists"}
 	var st jetstream.KeyValueStatus
 	lookup := func(ctx context.Context) error {
@@ -251,6 +288,16 @@ func ensureBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.Key
 			return a, fmt.Errorf("bucket %s %w", cfg.Bucket, ErrMissing)
 		}
 		err = once(ctx, func(ctx context.Context) error { _, err := js.CreateKeyValue(ctx, cfg); return err })
+		if err == nil && ttls {
+			// KV buckets are made without per-message TTLs (with them,
+			// nats.go would also leave a marker per expired key).
+			err = call(ctx, lookup)
+			if err == nil {
+				backing := st.(*jetstream.KeyValueBucketStatus).StreamInfo().Config
+				backing.AllowMsgTTL = true
+				err = once(ctx, func(ctx context.Context) error { _, err := js.UpdateStream(ctx, backing); return err })
+			}
+		}
 		if err == nil {
 			a.Did = "created"
 			return a, nil
@@ -274,8 +321,11 @@ func ensureBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.Key
 	if have.History != cfg.History {
 		d = append(d, fmt.Sprintf("history %d, declared %d", have.History, cfg.History))
 	}
+	if ttls && !backing.AllowMsgTTL {
+		d = append(d, "per-message TTLs off, declared on (its orders' records do not expire)")
+	}
 	a.Differs = strings.Join(d, "; ")
-	if a.Differs != "" && mode == Apply {
+	if a.Differs != "" && mode >= Apply {
 		// The bucket's own stream, changed only where orderflow declares:
 		// UpdateKeyValue would rebuild it from a KeyValueConfig and drop
 		// what an operator set.
@@ -283,6 +333,7 @@ func ensureBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.Key
 			return a, fmt.Errorf("update bucket %s: its stream's configuration is unknown", cfg.Bucket)
 		}
 		backing.Replicas, backing.MaxMsgsPerSubject = cfg.Replicas, int64(cfg.History)
+		backing.AllowMsgTTL = backing.AllowMsgTTL || ttls
 		if _, err := js.UpdateStream(ctx, backing); err != nil {
 			return a, classify(false, "update bucket "+cfg.Bucket, err)
 		}
@@ -326,7 +377,7 @@ func EnsureConsumer(ctx context.Context, js jetstream.JetStream, c Consumer, mod
 	}
 	have := cons.CachedInfo().Config
 	a.Differs = ConsumerDiff(have, c.Config)
-	if a.Differs != "" && mode == Apply {
+	if a.Differs != "" && mode >= Apply {
 		// Only what orderflow declares changes.
 		have.Description, have.FilterSubject, have.AckWait, have.MaxAckPending, have.MaxDeliver =
 			c.Config.Description, c.Config.FilterSubject, c.Config.AckWait, c.Config.MaxAckPending, c.Config.MaxDeliver
@@ -381,6 +432,17 @@ func (m Mode) open() Mode {
 	return CreateMissing
 }
 
+// Expiring are the buckets of r whose keys expire under c.
+func (c Config) ExpiringBuckets(r Resources) []string {
+	var out []string
+	for _, b := range r.Buckets {
+		if c.keyTTL(b.Bucket) != nil {
+			out = append(out, b.Bucket)
+		}
+	}
+	return out
+}
+
 // ErrUnknownStream is returned for a declaration naming a stream this
 // package does not define.
 var ErrUnknownStream = errors.New("unknown stream")
@@ -422,6 +484,7 @@ func ForFunctions(defs []function.Definition, c Config) (Resources, error) {
 	for _, name := range slices.Sorted(maps.Keys(buckets)) {
 		r.Buckets = append(r.Buckets, BucketConfig(name, c))
 	}
+	r.Expiring = c.ExpiringBuckets(r)
 	return r, nil
 }
 

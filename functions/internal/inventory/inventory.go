@@ -68,6 +68,10 @@ func New(s state.Store) *Stock { return &Stock{s: s, now: time.Now} }
 func levelKey(sku string) string         { return "sku." + sku }
 func reservationKey(order string) string { return "order." + order }
 
+// IsOrderRecord reports whether key holds an order's reservation, which
+// expires with the order (a SKU's level never does).
+func IsOrderRecord(key string) bool { return strings.HasPrefix(key, "order.") }
+
 const (
 	reserved = ordersv1.ReservationStatus_RESERVATION_STATUS_RESERVED
 	rejected = ordersv1.ReservationStatus_RESERVATION_STATUS_REJECTED
