@@ -126,7 +126,9 @@ func Ensure(ctx context.Context, js jetstream.JetStream, r Resources, mode Mode)
 		run(func() (Action, error) { return ensureStream(ctx, js, cfg, mode) })
 	}
 	for _, cfg := range r.Buckets {
-		run(func() (Action, error) { return ensureBucket(ctx, js, cfg, slices.Contains(r.Expiring, cfg.Bucket), mode) })
+		run(func() (Action, error) {
+			return ensureBucket(ctx, js, cfg, slices.Contains(r.Expiring, cfg.Bucket), mode)
+		})
 	}
 	wg.Wait()
 	if len(errs) == 0 {

@@ -120,7 +120,9 @@ type Watch struct {
 // WatchesConsumers declares that the function reads the state of consumers
 // of stream (their backlog), which it does not consume from.
 func WatchesConsumers(stream string, consumers ...string) Option {
-	return func(d *Definition) { d.Uses.Watches = append(d.Uses.Watches, Watch{Stream: stream, Consumers: consumers}) }
+	return func(d *Definition) {
+		d.Uses.Watches = append(d.Uses.Watches, Watch{Stream: stream, Consumers: consumers})
+	}
 }
 
 // DeletesFrom declares that the function deletes messages from stream.
