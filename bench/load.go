@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -120,9 +121,9 @@ func run(ctx context.Context, o options, log io.Writer) (Result, error) {
 	}
 
 	skus := make([]string, o.skus)
-	perSKU := int32(math.Ceil(float64(o.orders*o.qty)/float64(o.skus))) + 1
+	perSKU := int32(math.Ceil(float64(o.orders*o.qty*o.lines)/float64(o.skus))) + 1
 	for i := range skus {
-		skus[i] = fmt.Sprintf("BENCH-%d", i)
+		skus[i] = fmt.Sprintf("%s-%d", o.prefix, i)
 		if err := request(ctx, nc, "inventory.restock", &ordersv1.RestockRequest{Sku: skus[i], Quantity: perSKU}, &ordersv1.RestockResponse{}, nil); err != nil {
 			return Result{}, fmt.Errorf("restock: %w", err)
 		}
@@ -175,7 +176,16 @@ func run(ctx context.Context, o options, log io.Writer) (Result, error) {
 				req := &ordersv1.CreateOrderRequest{
 					CustomerId: fmt.Sprintf("bench-%d", i%1000),
 					Currency:   "USD",
-					Items:      []*ordersv1.OrderItem{{Sku: skus[i%len(skus)], Quantity: int32(o.qty), UnitPriceMinor: 999}},
+				}
+				for l := range o.lines {
+					sku := skus[(i+l)%len(skus)]
+					if l == o.lines-1 && o.unknownLast {
+						sku = o.prefix + "-NEVER-STOCKED"
+					}
+					if slices.ContainsFunc(req.Items, func(it *ordersv1.OrderItem) bool { return it.GetSku() == sku }) {
+						break // fewer SKUs than lines
+					}
+					req.Items = append(req.Items, &ordersv1.OrderItem{Sku: sku, Quantity: int32(o.qty), UnitPriceMinor: 999})
 				}
 				hdr := nats.Header{"Idempotency-Key": []string{fmt.Sprintf("%s-%d", o.runID, i)}}
 				resp := &ordersv1.CreateOrderResponse{}
@@ -191,6 +201,9 @@ func run(ctx context.Context, o options, log io.Writer) (Result, error) {
 				placed.Add(1)
 				tr.placed(&order{id: resp.GetOrderId(), sent: sent, created: now})
 				prog.created(1)
+				if o.cancelEvery > 0 && i%o.cancelEvery == 0 {
+					_ = request(ctx, nc, "orders.cancel", &ordersv1.CancelOrderRequest{OrderId: resp.GetOrderId(), Reason: "bench"}, &ordersv1.CancelOrderResponse{}, nil)
+				}
 			}
 		})
 	}

@@ -31,6 +31,13 @@ type options struct {
 	rate     float64
 	skus     int
 	qty      int
+	// prefix names the SKUs, <prefix>-<n>; lines is the lines per order,
+	// the last one of a SKU never stocked with unknownLast; every
+	// cancelEvery-th order is cancelled right after it is placed.
+	prefix      string
+	lines       int
+	unknownLast bool
+	cancelEvery int
 	timeout  time.Duration
 	jsonOut  bool
 	progress string
@@ -55,6 +62,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.Float64Var(&o.rate, "rate", 0, "orders per second across all clients; 0 is as fast as they go")
 	fs.IntVar(&o.skus, "skus", 16, "SKUs to spread the orders over")
 	fs.IntVar(&o.qty, "qty", 1, "units per order line")
+	fs.StringVar(&o.prefix, "sku-prefix", "BENCH", "SKU names are <prefix>-<n>")
+	fs.IntVar(&o.lines, "lines", 1, "lines per order, each of another SKU")
+	fs.BoolVar(&o.unknownLast, "unknown-last", false, "make each order's last line a SKU never stocked, so every order is rejected")
+	fs.IntVar(&o.cancelEvery, "cancel-every", 0, "cancel every n-th order right after it is placed (0: none)")
 	fs.DurationVar(&o.timeout, "timeout", 2*time.Minute, "how long to wait for the last order to end")
 	fs.BoolVar(&o.jsonOut, "json", false, "print one JSON object with the results, nothing else")
 	fs.StringVar(&o.progress, "progress", "auto", "progress display: auto (a bar on a terminal), bar, lines or off")
@@ -70,8 +81,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, errors.New("--clients must be positive")
 	case o.rate < 0:
 		return o, errors.New("--rate must not be negative")
-	case o.skus < 1 || o.qty < 1:
-		return o, errors.New("--skus and --qty must be positive")
+	case o.skus < 1 || o.qty < 1 || o.lines < 1:
+		return o, errors.New("--skus, --qty and --lines must be positive")
+	case o.cancelEvery < 0:
+		return o, errors.New("--cancel-every must not be negative")
 	}
 	switch o.progress {
 	case "auto":

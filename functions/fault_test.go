@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/orderflow/orderflow/functions/internal/inventory"
 	"github.com/orderflow/orderflow/functions/internal/orderlog"
 	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
 	runtimev1 "github.com/orderflow/orderflow/proto/gen/runtime/v1"
@@ -399,16 +400,28 @@ func explainHolds(t *testing.T, s *testSystem, sku string, call func(string, pro
 		t.Log(err)
 		return
 	}
-	e, err := kv.Get(context.Background(), "sku."+sku)
-	if err != nil {
-		t.Log(err)
-		return
+	// The SKU's units are spread over its sub-ledgers (or, for a SKU
+	// stocked before them, one record).
+	keys := []string{"sku." + sku}
+	for n := range inventory.SubLedgers {
+		keys = append(keys, fmt.Sprintf("sku.%s.%d", sku, n))
 	}
-	var l ordersv1.StockLevel
-	if err := proto.Unmarshal(e.Value(), &l); err != nil {
-		t.Log(err)
-		return
+	for _, key := range keys {
+		e, err := kv.Get(context.Background(), key)
+		if err != nil {
+			continue
+		}
+		var l ordersv1.StockLevel
+		if err := proto.Unmarshal(e.Value(), &l); err != nil {
+			t.Log(key, err)
+			continue
+		}
+		explainLedger(t, kv, &l, call, deadline)
 	}
+}
+
+func explainLedger(t *testing.T, kv jetstream.KeyValue, l *ordersv1.StockLevel, call func(string, proto.Message, proto.Message, nats.Header, time.Time) error, deadline time.Time) {
+	t.Helper()
 	for id, h := range l.GetHolds() {
 		if h.GetState() != ordersv1.HoldState_HOLD_STATE_HELD {
 			continue

@@ -101,7 +101,7 @@ func (d *ids) load(ctx context.Context) (*ordersv1.OrderIDKey, error) {
 		if existing {
 			k.LegacyUntil = timestamppb.New(d.now().Add(LegacyWindow))
 		}
-		err = d.secrets.Put(ctx, idKeyName, k, 0)
+		_, err = d.secrets.Put(ctx, idKeyName, k, 0)
 		if again, err := state.Again(ctx, attempt, err); again {
 			continue // another pod made it first: use theirs
 		} else if err != nil {

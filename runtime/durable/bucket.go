@@ -103,12 +103,13 @@ func (b *Bucket) keyTTL(key string) time.Duration {
 
 // Put implements state.Store: a KV create (rev 0) or update at rev. A lost
 // race is state.ErrConflict, whatever code the server answered with.
-func (b *Bucket) Put(ctx context.Context, key string, value proto.Message, rev uint64) error {
+func (b *Bucket) Put(ctx context.Context, key string, value proto.Message, rev uint64) (uint64, error) {
 	data, err := marshal.Marshal(value)
 	if err != nil {
-		return fmt.Errorf("encode %s/%s: %w", b.name, key, err)
+		return 0, fmt.Errorf("encode %s/%s: %w", b.name, key, err)
 	}
 	c := startCall(ctx)
+	var next uint64
 	switch ttl := b.keyTTL(key); {
 	case ttl > 0:
 		// A record that expires: the expected-revision check of a KV
@@ -116,15 +117,18 @@ func (b *Bucket) Put(ctx context.Context, key string, value proto.Message, rev u
 		// behind, so a create (rev 0) after it works.
 		m := nats.NewMsg(b.subjects + key)
 		m.Data = data
-		_, err = b.js.PublishMsg(c.ctx, m, jetstream.WithExpectLastSequencePerSubject(rev), jetstream.WithMsgTTL(ttl))
+		var ack *jetstream.PubAck
+		if ack, err = b.js.PublishMsg(c.ctx, m, jetstream.WithExpectLastSequencePerSubject(rev), jetstream.WithMsgTTL(ttl)); err == nil {
+			next = ack.Sequence
+		}
 	case rev == 0:
-		_, err = b.kv.Create(c.ctx, key, data)
+		next, err = b.kv.Create(c.ctx, key, data)
 	default:
-		_, err = b.kv.Update(c.ctx, key, data, rev)
+		next, err = b.kv.Update(c.ctx, key, data, rev)
 	}
 	err = c.done("put "+b.name+"/"+key, err)
 	if !errors.Is(err, state.ErrConflict) {
 		b.writes.done(BucketStream(b.name), err)
 	}
-	return err
+	return next, err
 }

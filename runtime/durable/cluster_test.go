@@ -26,8 +26,8 @@ type countingStore struct {
 	conflicts, code10164 atomic.Int64
 }
 
-func (c *countingStore) Put(ctx context.Context, key string, v proto.Message, rev uint64) error {
-	err := c.Store.Put(ctx, key, v, rev)
+func (c *countingStore) Put(ctx context.Context, key string, v proto.Message, rev uint64) (uint64, error) {
+	next, err := c.Store.Put(ctx, key, v, rev)
 	if errors.Is(err, state.ErrConflict) {
 		c.conflicts.Add(1)
 		var api *jetstream.APIError
@@ -35,7 +35,7 @@ func (c *countingStore) Put(ctx context.Context, key string, v proto.Message, re
 			c.code10164.Add(1)
 		}
 	}
-	return err
+	return next, err
 }
 
 func r3(t *testing.T) (*runtimetest.Cluster, jetstream.JetStream) {
@@ -189,7 +189,7 @@ func TestR3ReadsSeeAcknowledgedWrites(t *testing.T) {
 		stale := 0
 		for i := range n {
 			v := int32(i + 1)
-			if err := b.Put(ctx, "k", level("k", v), rev); err != nil {
+			if _, err := b.Put(ctx, "k", level("k", v), rev); err != nil {
 				t.Fatalf("%s: put %d at the revision last read: %v", round, i, err)
 			}
 			got, r, err := state.Get[ordersv1.StockLevel](ctx, b, "k")
@@ -232,7 +232,7 @@ func TestR3ReadsSeeAcknowledgedWrites(t *testing.T) {
 	}
 	c.Stop(follower)
 	for i := range 1000 {
-		if err := writer.Put(ctx, "k", level("k", int32(1000+i)), rev); err != nil {
+		if _, err := writer.Put(ctx, "k", level("k", int32(1000+i)), rev); err != nil {
 			t.Fatalf("put while a follower is down: %v", err)
 		}
 		if _, _, err := wlog.Append(ctx, state.Event{Subject: fmt.Sprintf("ORDER.down.%d", i), Payload: &ordersv1.CancelRequested{}}); err != nil {
@@ -262,7 +262,7 @@ func TestR3LostQuorumIsUnavailable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Put(ctx, "k", level("k", 1), 0); err != nil {
+	if _, err := b.Put(ctx, "k", level("k", 1), 0); err != nil {
 		t.Fatal(err)
 	}
 	// Keep the server the client is connected to; stop the other two.
@@ -278,7 +278,7 @@ func TestR3LostQuorumIsUnavailable(t *testing.T) {
 		}
 	}
 	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	err = b.Put(wctx, "k", level("k", 2), 1)
+	_, err = b.Put(wctx, "k", level("k", 2), 1)
 	cancel()
 	if !function.IsUnavailable(err) || function.Code(err) != 503 {
 		t.Errorf("put without quorum = %v (code %d), want unavailable (503)", err, function.Code(err))
@@ -302,7 +302,7 @@ func TestR3LostQuorumIsUnavailable(t *testing.T) {
 	for {
 		_, rev, err := state.Get[ordersv1.StockLevel](ctx, b, "k")
 		if err == nil {
-			if err = b.Put(ctx, "k", level("k", 3), rev); err == nil {
+			if _, err = b.Put(ctx, "k", level("k", 3), rev); err == nil {
 				break
 			}
 		}

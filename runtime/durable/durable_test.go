@@ -38,20 +38,20 @@ func TestBucketCompareAndSet(t *testing.T) {
 	if _, _, err := state.Get[ordersv1.StockLevel](ctx, b, "a"); !errors.Is(err, state.ErrNotFound) {
 		t.Fatalf("Get of a missing key = %v, want ErrNotFound", err)
 	}
-	if err := b.Put(ctx, "a", level("a", 1), 0); err != nil {
+	if _, err := b.Put(ctx, "a", level("a", 1), 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Put(ctx, "a", level("a", 2), 0); !errors.Is(err, state.ErrConflict) {
+	if _, err := b.Put(ctx, "a", level("a", 2), 0); !errors.Is(err, state.ErrConflict) {
 		t.Errorf("second create = %v, want ErrConflict", err)
 	}
 	got, rev, err := state.Get[ordersv1.StockLevel](ctx, b, "a")
 	if err != nil || got.GetAvailable() != 1 {
 		t.Fatalf("Get = %v, %v", got, err)
 	}
-	if err := b.Put(ctx, "a", level("a", 3), rev); err != nil {
+	if _, err := b.Put(ctx, "a", level("a", 3), rev); err != nil {
 		t.Fatalf("update at the current revision: %v", err)
 	}
-	if err := b.Put(ctx, "a", level("a", 4), rev); !errors.Is(err, state.ErrConflict) {
+	if _, err := b.Put(ctx, "a", level("a", 4), rev); !errors.Is(err, state.ErrConflict) {
 		t.Errorf("update at a stale revision = %v, want ErrConflict", err)
 	}
 

@@ -31,8 +31,9 @@ type Store interface {
 	// Get decodes the record under key into into and returns its revision.
 	Get(ctx context.Context, key string, into proto.Message) (rev uint64, err error)
 	// Put writes value under key only if the key is still at rev (0: the key
-	// must not exist); otherwise it returns ErrConflict.
-	Put(ctx context.Context, key string, value proto.Message, rev uint64) error
+	// must not exist), and returns the key's new revision; otherwise it
+	// returns ErrConflict.
+	Put(ctx context.Context, key string, value proto.Message, rev uint64) (uint64, error)
 }
 
 // Message is satisfied by *T when T is a generated protobuf message.
@@ -90,7 +91,7 @@ func Modify[T any, P Message[T]](ctx context.Context, s Store, key string, fn fu
 		} else if err != nil {
 			return nil, err
 		}
-		err = s.Put(ctx, key, v, rev)
+		_, err = s.Put(ctx, key, v, rev)
 		if again, err := Again(ctx, attempt, err); again {
 			continue
 		} else if err != nil {

@@ -2,40 +2,49 @@
 //
 // Stock is conserved (restocked = available + reserved + sold) whatever
 // crashes, and each order's reservation is applied, sold or released exactly
-// once, with single-key compare-and-set writes only: an order's units of a
-// SKU are an entry in that SKU's level record (see ordersv1.StockLevel), so
-// moving them and recording that they moved is one write. The order's
-// reservation record (its outcome and items) is written after its holds.
+// once, with single-key compare-and-set writes only.
+//
+// A SKU's stock is split over SubLedgers ledgers (sku.<sku>.<n>); an
+// order's units of the SKU live in one of them, its home, as an entry that
+// names the order, so that moving them and recording that they moved is
+// one write, and orders of one SKU spread over the ledgers (see ledgers.go).
+// An entry lives only while its order is in flight: a ledger holds the
+// orders in flight at its home, never a SKU's history, so its size and the
+// cost of a step stay the same however many orders went before.
+//
+// The order's reservation record (order.<id>) says where the order stands
+// and serialises what may touch its units: the step that moves them first
+// moves the record (compare-and-set) into an intent, SELLING or RELEASING,
+// that no other step can take over from it except by completing the same
+// intent. Within an intent every line is idempotent: an entry that is gone
+// was done (nothing else could have removed it), and a release that takes
+// sold units back marks the line RETURNED until it ends.
 //
 // The protocol, per order:
-//   - reserve: hold each item (available to reserved, entry HELD), then
-//     create the record RESERVED; or, when an item is short, create the
-//     record REJECTED first and then give the holds back.
-//   - sell: for each item, reserved to sold and the entry removed; then the
-//     record SOLD.
-//   - release: for each item, reserved (or, when the sale won a race with
-//     the cancellation, sold) back to available, leaving a RELEASED entry;
-//     then the record RELEASED.
+//   - reserve: hold each line at its home (available to reserved, entry
+//     HELD), then create the record RESERVED; or, when a line is short,
+//     create the record REJECTED and give back what was held. A multi-line
+//     order is checked line by line first, so one that is short writes only
+//     its record.
+//   - sell: RESERVED to SELLING; each line reserved to sold, entry gone;
+//     SELLING to SOLD.
+//   - release: RESERVED (or SOLD) to RELEASING; each line back to
+//     available, from reserved (entry gone) or from sold (entry RETURNED);
+//     RELEASING to RELEASED; the RETURNED marks go. A release that meets
+//     SELLING completes the sale first.
 //
-// Whoever finds a record in a final state cleans up after the others: a
-// duplicate or late reserve gives back the holds it placed. Each HELD entry
-// names the reserve attempt that placed it and the record names the attempt
-// it adopted, so a hold placed by a late duplicate after the first hold was
-// sold (the entry was gone, so the duplicate could not tell) is recognised
-// and given back by whoever meets it. RELEASED entries stay an hour
-// (TombstoneTTL), so that a release running twice at once, one of them from
-// a record read before the other finished, finds them and does nothing,
-// instead of taking an item without an entry for a sold one.
+// Each HELD entry names the reserve attempt that placed it and the record
+// names the attempt it adopted, so a hold placed by a late duplicate
+// (which read no record yet) is recognised and given back by whoever meets
+// it: the duplicate itself, a later step of the order, or a repeat.
 package inventory
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"math"
 	"slices"
 	"strings"
 	"time"
@@ -48,9 +57,13 @@ import (
 // Bucket is the KV bucket of stock levels and reservations.
 const Bucket = "stock"
 
-// TombstoneTTL is how long a RELEASED entry is kept. It must outlast any
-// single step by far; steps are bounded by REQUEST_TIMEOUT (seconds).
-const TombstoneTTL = time.Hour
+// legacyTombstoneTTL is how long a RELEASED entry of the old layout is
+// kept; none are written any more.
+const legacyTombstoneTTL = time.Hour
+
+// returnedKept bounds how long a RETURNED mark can stay if the release
+// that wrote it stopped before removing it.
+const returnedKept = 24 * time.Hour
 
 // ErrWrongState is returned when a reservation cannot take the requested
 // step (selling a released reservation, say). It is permanent.
@@ -58,90 +71,45 @@ var ErrWrongState = fmt.Errorf("%w: reservation in wrong state", function.ErrCon
 
 // Stock is the ledger on a state.Store.
 type Stock struct {
-	s   state.Store
-	now func() time.Time
+	s       state.Store
+	now     func() time.Time
+	layouts layouts
 }
 
 // New returns the ledger kept in s.
-func New(s state.Store) *Stock { return &Stock{s: s, now: time.Now} }
+func New(s state.Store) *Stock {
+	return &Stock{s: s, now: time.Now, layouts: layouts{known: map[string]layout{}}}
+}
 
-func levelKey(sku string) string         { return "sku." + sku }
 func reservationKey(order string) string { return "order." + order }
 
 // IsOrderRecord reports whether key holds an order's reservation, which
-// expires with the order (a SKU's level never does).
+// expires with the order (a SKU's ledgers never do).
 func IsOrderRecord(key string) bool { return strings.HasPrefix(key, "order.") }
 
 const (
-	reserved = ordersv1.ReservationStatus_RESERVATION_STATUS_RESERVED
-	rejected = ordersv1.ReservationStatus_RESERVATION_STATUS_REJECTED
-	released = ordersv1.ReservationStatus_RESERVATION_STATUS_RELEASED
-	sold     = ordersv1.ReservationStatus_RESERVATION_STATUS_SOLD
+	reserved  = ordersv1.ReservationStatus_RESERVATION_STATUS_RESERVED
+	rejected  = ordersv1.ReservationStatus_RESERVATION_STATUS_REJECTED
+	released  = ordersv1.ReservationStatus_RESERVATION_STATUS_RELEASED
+	sold      = ordersv1.ReservationStatus_RESERVATION_STATUS_SOLD
+	selling   = ordersv1.ReservationStatus_RESERVATION_STATUS_SELLING
+	releasing = ordersv1.ReservationStatus_RESERVATION_STATUS_RELEASING
 
-	held        = ordersv1.HoldState_HOLD_STATE_HELD
-	releasedOne = ordersv1.HoldState_HOLD_STATE_RELEASED
+	held     = ordersv1.HoldState_HOLD_STATE_HELD
+	tomb     = ordersv1.HoldState_HOLD_STATE_RELEASED // old layout
+	returned = ordersv1.HoldState_HOLD_STATE_RETURNED
 )
 
-// Restocks are remembered this long, and this many at most per SKU, so
+// Restocks are remembered this long, and this many at most per ledger, so
 // that a retried restock with the same key adds once.
 const (
 	RestockWindow = 24 * time.Hour
-	maxRestocks   = 64
+	maxRestocks   = 16
 )
 
-// Restock adds quantity units of sku. With a key (the caller's
-// Idempotency-Key) a repeat within RestockWindow adds nothing and returns
-// the levels as they are; without one every call adds.
-func (st *Stock) Restock(ctx context.Context, sku string, quantity int32, key string) (*ordersv1.StockLevel, error) {
-	id := ""
-	if key != "" {
-		sum := sha256.Sum256([]byte(key))
-		id = hex.EncodeToString(sum[:16])
-	}
-	var out *ordersv1.StockLevel
-	err := st.level(ctx, sku, func(l *ordersv1.StockLevel, _ bool) error {
-		out = l
-		now := st.now()
-		for k, at := range l.Restocks {
-			if now.Sub(time.Unix(at, 0)) > RestockWindow {
-				delete(l.Restocks, k)
-			}
-		}
-		if _, done := l.Restocks[id]; id != "" && done {
-			return state.ErrNoChange
-		}
-		l.Sku = sku
-		if int64(l.Available)+int64(l.Reserved)+int64(l.Sold)+int64(quantity) > math.MaxInt32 {
-			return function.Invalid("quantity", "stock of %s would exceed %d units", sku, math.MaxInt32)
-		}
-		l.Available += quantity
-		if id != "" {
-			if l.Restocks == nil {
-				l.Restocks = map[string]int64{}
-			}
-			for len(l.Restocks) >= maxRestocks { // drop the oldest
-				oldest := ""
-				for k, at := range l.Restocks {
-					if oldest == "" || at < l.Restocks[oldest] {
-						oldest = k
-					}
-				}
-				delete(l.Restocks, oldest)
-			}
-			l.Restocks[id] = now.Unix()
-		}
-		return nil
-	})
-	return out, err
-}
-
-// Level returns the stock of sku; a SKU never restocked is ErrNotFound.
-func (st *Stock) Level(ctx context.Context, sku string) (*ordersv1.StockLevel, error) {
-	l, _, err := state.Get[ordersv1.StockLevel](ctx, st.s, levelKey(sku))
-	if errors.Is(err, state.ErrNotFound) {
-		return nil, fmt.Errorf("sku %s: %w", sku, function.ErrNotFound)
-	}
-	return l, err
+func sha256Hex(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:16])
 }
 
 // Reservation returns the reservation of an order, or ErrNotFound.
@@ -165,18 +133,26 @@ type errShort struct {
 
 func (e errShort) Error() string { return e.reason }
 
-// errReleasing stops a hold or a sale: a release of the order is underway.
+// errReleasing stops a hold: the order's release is underway or done.
 var errReleasing = errors.New("release underway")
 
-// level applies fn to sku's level with compare-and-set; fn returns
-// state.ErrNoChange to skip the write. Tombstones past their time are
+// ledger applies fn to the ledger under key with compare-and-set; fn
+// returns state.ErrNoChange to skip the write. Marks past their time are
 // dropped on the way, with a write that happens anyway.
-func (st *Stock) level(ctx context.Context, sku string, fn func(l *ordersv1.StockLevel, exists bool) error) error {
-	_, err := state.Modify(ctx, st.s, levelKey(sku), func(l *ordersv1.StockLevel, exists bool) error {
+func (st *Stock) ledger(ctx context.Context, key string, fn func(l *ordersv1.StockLevel, exists bool) error) error {
+	_, err := state.Modify(ctx, st.s, key, func(l *ordersv1.StockLevel, exists bool) error {
+		now := st.now()
 		pruned := false
 		for id, h := range l.Holds {
-			if h.State == releasedOne && st.now().Sub(time.Unix(h.ReleasedUnix, 0)) > TombstoneTTL {
+			if h.State == tomb && now.Sub(time.Unix(h.ReleasedUnix, 0)) > legacyTombstoneTTL ||
+				h.State == returned && now.Sub(time.Unix(h.ReleasedUnix, 0)) > returnedKept {
 				delete(l.Holds, id)
+				pruned = true
+			}
+		}
+		for id, at := range l.TransfersIn {
+			if now.Sub(time.Unix(at, 0)) > creditKept {
+				delete(l.TransfersIn, id)
 				pruned = true
 			}
 		}
@@ -189,6 +165,15 @@ func (st *Stock) level(ctx context.Context, sku string, fn func(l *ordersv1.Stoc
 	return err
 }
 
+// homeKey is the ledger of sku where orderID's units live.
+func (st *Stock) homeKey(ctx context.Context, sku, orderID string) (string, error) {
+	l, err := st.layout(ctx, sku)
+	if err != nil {
+		return "", err
+	}
+	return l.keys[l.home(orderID)], nil
+}
+
 // Reserve holds every item for the order, or none when one is short. The
 // outcome is recorded under the order id; a repeat returns it unchanged, so
 // a redelivered request never reserves twice and a rejection stays a
@@ -199,10 +184,12 @@ func (st *Stock) Reserve(ctx context.Context, orderID string, items []*ordersv1.
 	for try := 1; ; try++ {
 		r, _, err := st.record(ctx, orderID)
 		switch {
-		case err == nil && (r.Status == reserved || r.Status == sold):
+		case err == nil && (r.Status == reserved || r.Status == sold || r.Status == selling):
 			// Another attempt recorded first: give back holds of ours it
 			// did not adopt, and any a crashed late attempt left.
 			return r, st.dropStrays(ctx, orderID, r)
+		case err == nil && r.Status == releasing:
+			return r, nil // its release gives back what is held
 		case err == nil:
 			// Rejected or released: give back any hold a reserve that lost the
 			// race placed, and report the outcome.
@@ -212,29 +199,40 @@ func (st *Stock) Reserve(ctx context.Context, orderID string, items []*ordersv1.
 		}
 
 		r = &ordersv1.Reservation{OrderId: orderID, Items: items, Status: reserved, Attempts: map[string]string{}}
+		// A multi-line order that is short somewhere is found by reading,
+		// and rejected with its record alone, instead of holding lines
+		// only to give them back.
+		if len(items) > 1 {
+			if short, err := st.short(ctx, items); err != nil {
+				return nil, err
+			} else if short != nil {
+				r.Status, r.Reason = rejected, short.reason
+			}
+		}
 		for _, it := range items {
+			if r.Status != reserved {
+				break
+			}
 			owner, err := st.hold(ctx, orderID, it, attempt)
 			var short errShort
 			switch {
 			case errors.As(err, &short):
 				r.Status, r.Reason = rejected, short.reason
 			case errors.Is(err, errReleasing):
-				r.Status = released // a record appeared meanwhile; read it
+				r.Status = releasing // a record appeared meanwhile; read it
 			case err != nil:
 				return nil, err
+			default:
+				r.Attempts[it.GetSku()] = owner
 			}
-			if r.Status != reserved {
-				break
-			}
-			r.Attempts[it.GetSku()] = owner
 		}
-		if r.Status == released {
+		if r.Status == releasing {
 			continue
 		}
 		// The record decides: RESERVED only if all items are held, and a
 		// REJECTED record is written before the holds go back, so a
 		// duplicate reserve can never record RESERVED over a hold given back.
-		err = st.s.Put(ctx, reservationKey(orderID), r, 0)
+		_, err = st.s.Put(ctx, reservationKey(orderID), r, 0)
 		if again, err := state.Again(ctx, try, err); again {
 			continue // another writer recorded first: act on its record
 		} else if err != nil {
@@ -247,48 +245,84 @@ func (st *Stock) Reserve(ctx context.Context, orderID string, items []*ordersv1.
 	}
 }
 
-// newAttempt names one reserve attempt.
-func newAttempt() string {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+// short returns the first line whose SKU has fewer units than it asks, all
+// ledgers together, or nil.
+func (st *Stock) short(ctx context.Context, items []*ordersv1.OrderItem) (*errShort, error) {
+	for _, it := range items {
+		l, err := st.Level(ctx, it.GetSku())
+		if errors.Is(err, function.ErrNotFound) {
+			return &errShort{reason: fmt.Sprintf("unknown SKU %s", it.GetSku()), unknown: true}, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if l.GetAvailable() < it.GetQuantity() {
+			return &errShort{reason: fmt.Sprintf("insufficient stock for %s: %d available, %d requested", it.GetSku(), l.GetAvailable(), it.GetQuantity())}, nil
+		}
+	}
+	return nil, nil
 }
 
 // hold moves an item's units from available to reserved under an entry for
-// the order. An entry already there means the hold is in place; owner is
-// the attempt that placed it.
+// the order at its home, borrowing units from the SKU's other ledgers when
+// the home is short. An entry already there means the hold is in place;
+// owner is the attempt that placed it.
 func (st *Stock) hold(ctx context.Context, orderID string, it *ordersv1.OrderItem, attempt string) (owner string, err error) {
+	l, err := st.layout(ctx, it.GetSku())
+	if err != nil {
+		return "", err
+	}
+	home := l.home(orderID)
 	for try := 1; ; try++ {
-		owner, err = st.holdOnce(ctx, orderID, it, attempt)
+		var avail int32
+		var exists bool
+		owner, avail, exists, err = st.holdOnce(ctx, l.keys[home], orderID, it, attempt)
 		var short errShort
-		// A SKU that reads as missing right after a server restart may not
-		// be missing: read once more before rejecting an order for it.
-		if try == 1 && errors.As(err, &short) && short.unknown {
-			if err := sleep(ctx, 20*time.Millisecond); err != nil {
-				return "", err
-			}
-			continue
+		if !errors.As(err, &short) {
+			return owner, err
 		}
-		return owner, err
+		// The home is short (or not written yet): borrow from the SKU's
+		// other ledgers, if they have the units, and try again. A SKU that
+		// reads as missing right after a server restart may not be
+		// missing: that, too, gets another look before a rejection.
+		if try > 4 {
+			return "", err
+		}
+		enough, berr := st.borrow(ctx, it.GetSku(), l, home, it.GetQuantity()-avail)
+		if berr != nil {
+			return "", berr
+		}
+		if !enough {
+			if !exists && try == 1 {
+				if err := sleep(ctx, 20*time.Millisecond); err != nil {
+					return "", err
+				}
+				continue
+			}
+			if sum, lerr := st.Level(ctx, it.GetSku()); lerr == nil {
+				return "", errShort{reason: fmt.Sprintf("insufficient stock for %s: %d available, %d requested", it.GetSku(), sum.GetAvailable(), it.GetQuantity())}
+			} else if errors.Is(lerr, function.ErrNotFound) {
+				return "", errShort{reason: fmt.Sprintf("unknown SKU %s", it.GetSku()), unknown: true}
+			}
+			return "", err
+		}
 	}
 }
 
-func (st *Stock) holdOnce(ctx context.Context, orderID string, it *ordersv1.OrderItem, attempt string) (owner string, err error) {
-	err = st.level(ctx, it.GetSku(), func(l *ordersv1.StockLevel, exists bool) error {
-		owner = ""
-		if h, ok := l.Holds[orderID]; ok {
-			if h.State == releasedOne {
+func (st *Stock) holdOnce(ctx context.Context, key, orderID string, it *ordersv1.OrderItem, attempt string) (owner string, avail int32, exists bool, err error) {
+	err = st.ledger(ctx, key, func(l *ordersv1.StockLevel, ok bool) error {
+		owner, exists, avail = "", ok, l.GetAvailable()
+		if h, found := l.Holds[orderID]; found {
+			if h.State != held {
 				return errReleasing
 			}
 			owner = h.Attempt
 			return state.ErrNoChange
 		}
-		if !exists {
-			return errShort{reason: fmt.Sprintf("unknown SKU %s", it.GetSku()), unknown: true}
-		}
 		if l.Available < it.GetQuantity() {
-			return errShort{reason: fmt.Sprintf("insufficient stock for %s: %d available, %d requested", it.GetSku(), l.Available, it.GetQuantity())}
+			return errShort{reason: fmt.Sprintf("insufficient stock for %s", it.GetSku())}
 		}
+		l.Sku = it.GetSku()
 		l.Available -= it.GetQuantity()
 		l.Reserved += it.GetQuantity()
 		if l.Holds == nil {
@@ -298,27 +332,36 @@ func (st *Stock) holdOnce(ctx context.Context, orderID string, it *ordersv1.Orde
 		owner = attempt
 		return nil
 	})
-	return owner, err
+	return owner, avail, exists, err
 }
 
 // stray reports whether h is a hold that r did not adopt: placed by a late
-// duplicate reserve after the adopted hold was sold.
+// duplicate reserve.
 func stray(h *ordersv1.Hold, r *ordersv1.Reservation, sku string) bool {
 	return h.State == held && h.Attempt != r.GetAttempts()[sku]
+}
+
+// giveBack moves a HELD entry's units back to available and removes it.
+func giveBack(l *ordersv1.StockLevel, orderID string, h *ordersv1.Hold) {
+	l.Reserved -= h.Quantity
+	l.Available += h.Quantity
+	delete(l.Holds, orderID)
 }
 
 // dropStrays gives back the holds of a reserved or sold order that its
 // record did not adopt.
 func (st *Stock) dropStrays(ctx context.Context, orderID string, r *ordersv1.Reservation) error {
 	for _, it := range r.GetItems() {
-		err := st.level(ctx, it.GetSku(), func(l *ordersv1.StockLevel, _ bool) error {
+		key, err := st.homeKey(ctx, it.GetSku(), orderID)
+		if err != nil {
+			return err
+		}
+		err = st.ledger(ctx, key, func(l *ordersv1.StockLevel, _ bool) error {
 			h, ok := l.Holds[orderID]
 			if !ok || !stray(h, r, it.GetSku()) {
 				return state.ErrNoChange
 			}
-			l.Reserved -= h.Quantity
-			l.Available += h.Quantity
-			delete(l.Holds, orderID)
+			giveBack(l, orderID, h)
 			return nil
 		})
 		if err != nil {
@@ -328,18 +371,21 @@ func (st *Stock) dropStrays(ctx context.Context, orderID string, r *ordersv1.Res
 	return nil
 }
 
-// cleanup gives back the order's HELD units, leaving tombstones, for an
-// order whose record is final (rejected, released).
+// cleanup gives back the order's HELD units for an order whose record is
+// final without them (rejected, released): a reserve that lost the race
+// placed them.
 func (st *Stock) cleanup(ctx context.Context, orderID string, items []*ordersv1.OrderItem) error {
 	for _, it := range items {
-		err := st.level(ctx, it.GetSku(), func(l *ordersv1.StockLevel, _ bool) error {
+		key, err := st.homeKey(ctx, it.GetSku(), orderID)
+		if err != nil {
+			return err
+		}
+		err = st.ledger(ctx, key, func(l *ordersv1.StockLevel, _ bool) error {
 			h, ok := l.Holds[orderID]
 			if !ok || h.State != held {
 				return state.ErrNoChange
 			}
-			l.Reserved -= h.Quantity
-			l.Available += h.Quantity
-			l.Holds[orderID] = st.tombstone(h.Quantity)
+			giveBack(l, orderID, h)
 			return nil
 		})
 		if err != nil {
@@ -363,44 +409,59 @@ func (st *Stock) Sell(ctx context.Context, orderID string) (*ordersv1.Reservatio
 		case sold:
 			return r, st.dropStrays(ctx, orderID, r)
 		case reserved:
+			r.Status = selling
+			rev, err = st.s.Put(ctx, reservationKey(orderID), r, rev)
+			if again, err := state.Again(ctx, attempt, err); again {
+				continue // released meanwhile, or another seller: read again
+			} else if err != nil {
+				return nil, err
+			}
+		case selling: // a seller stopped halfway: take over
 		default:
 			return r, fmt.Errorf("%w: order %s is %s, cannot be sold", ErrWrongState, orderID, r.Status)
 		}
-		for _, it := range r.GetItems() {
-			err := st.level(ctx, it.GetSku(), func(l *ordersv1.StockLevel, _ bool) error {
-				h, ok := l.Holds[orderID]
-				switch {
-				case !ok:
-					return state.ErrNoChange // sold already
-				case h.State == releasedOne:
-					return errReleasing
-				case stray(h, r, it.GetSku()):
-					// A late duplicate's hold: ours was sold already.
-					l.Reserved -= h.Quantity
-					l.Available += h.Quantity
-				default:
-					l.Reserved -= h.Quantity
-					l.Sold += h.Quantity
-				}
-				delete(l.Holds, orderID)
-				return nil
-			})
-			if errors.Is(err, errReleasing) {
-				return r, fmt.Errorf("%w: order %s is being released", ErrWrongState, orderID)
-			}
-			if err != nil {
-				return nil, err
-			}
-		}
-		r.Status = sold
-		err = st.s.Put(ctx, reservationKey(orderID), r, rev)
+		r, err = st.completeSale(ctx, orderID, r, rev)
 		if again, err := state.Again(ctx, attempt, err); again {
-			continue // released meanwhile: the next read says so
+			continue // another seller finished first: the next read says so
 		} else if err != nil {
 			return nil, err
 		}
 		return r, nil
 	}
+}
+
+// completeSale moves every line of a SELLING reservation (at revision rev)
+// to sold and records SOLD. A line whose entry is gone was sold already:
+// nothing else could have taken it while the record says SELLING.
+func (st *Stock) completeSale(ctx context.Context, orderID string, r *ordersv1.Reservation, rev uint64) (*ordersv1.Reservation, error) {
+	for _, it := range r.GetItems() {
+		key, err := st.homeKey(ctx, it.GetSku(), orderID)
+		if err != nil {
+			return nil, err
+		}
+		err = st.ledger(ctx, key, func(l *ordersv1.StockLevel, _ bool) error {
+			h, ok := l.Holds[orderID]
+			switch {
+			case !ok || h.State != held:
+				return state.ErrNoChange // sold already
+			case stray(h, r, it.GetSku()):
+				giveBack(l, orderID, h) // a late duplicate's: ours was sold already
+				return nil
+			}
+			l.Reserved -= h.Quantity
+			l.Sold += h.Quantity
+			delete(l.Holds, orderID)
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	r.Status = sold
+	if _, err := st.s.Put(ctx, reservationKey(orderID), r, rev); err != nil {
+		return nil, err
+	}
+	return r, nil
 }
 
 // Release gives a reservation's units back to available, from reserved or,
@@ -412,7 +473,7 @@ func (st *Stock) Release(ctx context.Context, orderID, reason string) (*ordersv1
 		r, rev, err := st.record(ctx, orderID)
 		if errors.Is(err, state.ErrNotFound) {
 			r = &ordersv1.Reservation{OrderId: orderID, Status: released, Reason: reason}
-			err = st.s.Put(ctx, reservationKey(orderID), r, 0)
+			_, err = st.s.Put(ctx, reservationKey(orderID), r, 0)
 			if again, err := state.Again(ctx, attempt, err); again {
 				continue
 			} else if err != nil {
@@ -423,46 +484,32 @@ func (st *Stock) Release(ctx context.Context, orderID, reason string) (*ordersv1
 		if err != nil {
 			return nil, err
 		}
-		if r.Status == released || r.Status == rejected {
+		switch r.Status {
+		case released, rejected:
 			return r, st.cleanup(ctx, orderID, r.GetItems())
-		}
-		// Reserved or sold: every item was held when the record was written,
-		// so an item without its adopted hold was sold.
-		for _, it := range r.GetItems() {
-			err := st.level(ctx, it.GetSku(), func(l *ordersv1.StockLevel, _ bool) error {
-				h, ok := l.Holds[orderID]
-				q := it.GetQuantity()
-				switch {
-				case ok && h.State == releasedOne:
-					return state.ErrNoChange
-				case ok && !stray(h, r, it.GetSku()):
-					l.Reserved -= h.Quantity
-				default:
-					if ok { // a late duplicate's hold: give it back too
-						l.Reserved -= h.Quantity
-						l.Available += h.Quantity
-					}
-					if l.Sold < q {
-						// The ledger is corrupt; never paper over it.
-						return fmt.Errorf("order %s: %s holds fewer sold units than the reservation", orderID, it.GetSku())
-					}
-					l.Sold -= q
-				}
-				l.Available += q
-				if l.Holds == nil {
-					l.Holds = map[string]*ordersv1.Hold{}
-				}
-				l.Holds[orderID] = st.tombstone(q)
-				return nil
-			})
-			if err != nil {
+		case selling:
+			// A sale is under way: complete it, then take the units back.
+			_, err = st.completeSale(ctx, orderID, r, rev)
+			if again, err := state.Again(ctx, attempt, err); again || err == nil {
+				continue
+			} else {
 				return nil, err
 			}
+		case reserved, sold:
+			r.FromSold, r.Status, r.Reason = r.Status == sold, releasing, reason
+			rev, err = st.s.Put(ctx, reservationKey(orderID), r, rev)
+			if again, err := state.Again(ctx, attempt, err); again {
+				continue // sold or released meanwhile: decide again
+			} else if err != nil {
+				return nil, err
+			}
+		case releasing: // a releaser stopped halfway: take over
+		default:
+			return nil, fmt.Errorf("order %s: reservation in unknown state %s", orderID, r.Status)
 		}
-		r.Status, r.Reason = released, reason
-		err = st.s.Put(ctx, reservationKey(orderID), r, rev)
+		r, err = st.completeRelease(ctx, orderID, r, rev)
 		if again, err := state.Again(ctx, attempt, err); again {
-			continue // sold meanwhile: do it again from the new record
+			continue // another releaser finished first
 		} else if err != nil {
 			return nil, err
 		}
@@ -470,8 +517,82 @@ func (st *Stock) Release(ctx context.Context, orderID, reason string) (*ordersv1
 	}
 }
 
-func (st *Stock) tombstone(q int32) *ordersv1.Hold {
-	return &ordersv1.Hold{Quantity: q, State: releasedOne, ReleasedUnix: st.now().Unix()}
+// completeRelease gives every line of a RELEASING reservation (at
+// revision rev) back and records RELEASED. From reserved, a line whose entry
+// is gone was given back already; from sold, a line given back is marked
+// RETURNED until the release ends.
+func (st *Stock) completeRelease(ctx context.Context, orderID string, r *ordersv1.Reservation, rev uint64) (*ordersv1.Reservation, error) {
+	for _, it := range r.GetItems() {
+		key, err := st.homeKey(ctx, it.GetSku(), orderID)
+		if err != nil {
+			return nil, err
+		}
+		err = st.ledger(ctx, key, func(l *ordersv1.StockLevel, _ bool) error {
+			h, ok := l.Holds[orderID]
+			changed := false
+			if ok && stray(h, r, it.GetSku()) { // a late duplicate's hold: give it back too
+				giveBack(l, orderID, h)
+				ok, changed = false, true
+			}
+			switch {
+			case !r.GetFromSold() && ok && h.State == held:
+				giveBack(l, orderID, h)
+				return nil
+			case !r.GetFromSold(), ok && (h.State == returned || h.State == tomb):
+				if changed {
+					return nil
+				}
+				return state.ErrNoChange // done already
+			case ok:
+				// From sold, every adopted hold was sold: a HELD one left is a
+				// ledger that lies; never paper over it.
+				return fmt.Errorf("order %s: %s still holds units of a sold reservation", orderID, it.GetSku())
+			}
+			return takeBackSold(l, orderID, it, st.now())
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	r.Status = released
+	if _, err := st.s.Put(ctx, reservationKey(orderID), r, rev); err != nil {
+		return nil, err
+	}
+	if r.GetFromSold() {
+		// The release has ended: the marks have done their work.
+		for _, it := range r.GetItems() {
+			key, err := st.homeKey(ctx, it.GetSku(), orderID)
+			if err != nil {
+				return nil, err
+			}
+			if err := st.ledger(ctx, key, func(l *ordersv1.StockLevel, _ bool) error {
+				if h, ok := l.Holds[orderID]; !ok || h.State != returned {
+					return state.ErrNoChange
+				}
+				delete(l.Holds, orderID)
+				return nil
+			}); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return r, nil
+}
+
+// takeBackSold moves a sold line back to available and marks it RETURNED.
+func takeBackSold(l *ordersv1.StockLevel, orderID string, it *ordersv1.OrderItem, now time.Time) error {
+	q := it.GetQuantity()
+	if l.Sold < q {
+		// The ledger is corrupt; never paper over it.
+		return fmt.Errorf("order %s: %s holds fewer sold units than the reservation", orderID, it.GetSku())
+	}
+	l.Sold -= q
+	l.Available += q
+	if l.Holds == nil {
+		l.Holds = map[string]*ordersv1.Hold{}
+	}
+	l.Holds[orderID] = &ordersv1.Hold{Quantity: q, State: returned, ReleasedUnix: now.Unix()}
+	return nil
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

@@ -50,15 +50,21 @@ func checkLevel(t *testing.T, st *inventory.Stock, sku string, want levels) {
 	if got := (levels{l.Available, l.Reserved, l.Sold}); got != want {
 		t.Errorf("%s: got %+v, want %+v", sku, got, want)
 	}
-	// reserved is exactly the held entries.
-	var inHolds int32
-	for _, h := range l.Holds {
-		if h.State == ordersv1.HoldState_HOLD_STATE_HELD {
-			inHolds += h.Quantity
-		}
+	// reserved is exactly the held entries, ledger by ledger.
+	ls, err := inventory.Ledgers(context.Background(), st, sku)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if inHolds != l.Reserved {
-		t.Errorf("%s: reserved %d, but the held entries sum to %d", sku, l.Reserved, inHolds)
+	for n, lv := range ls {
+		var inHolds int32
+		for _, h := range lv.GetHolds() {
+			if h.State == ordersv1.HoldState_HOLD_STATE_HELD {
+				inHolds += h.Quantity
+			}
+		}
+		if inHolds != lv.GetReserved() {
+			t.Errorf("%s ledger %d: reserved %d, but the held entries sum to %d", sku, n, lv.GetReserved(), inHolds)
+		}
 	}
 }
 

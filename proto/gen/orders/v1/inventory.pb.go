@@ -34,6 +34,12 @@ const (
 	ReservationStatus_RESERVATION_STATUS_RELEASED ReservationStatus = 3
 	// The held units were sold.
 	ReservationStatus_RESERVATION_STATUS_SOLD ReservationStatus = 4
+	// A sale is moving the held units to sold: while the record says so, no
+	// release touches them (it completes the sale first).
+	ReservationStatus_RESERVATION_STATUS_SELLING ReservationStatus = 5
+	// A release is giving the units back (from reserved, or from sold when
+	// the sale won a race with a cancellation): no sale touches them.
+	ReservationStatus_RESERVATION_STATUS_RELEASING ReservationStatus = 6
 )
 
 // Enum value maps for ReservationStatus.
@@ -44,6 +50,8 @@ var (
 		2: "RESERVATION_STATUS_REJECTED",
 		3: "RESERVATION_STATUS_RELEASED",
 		4: "RESERVATION_STATUS_SOLD",
+		5: "RESERVATION_STATUS_SELLING",
+		6: "RESERVATION_STATUS_RELEASING",
 	}
 	ReservationStatus_value = map[string]int32{
 		"RESERVATION_STATUS_UNSPECIFIED": 0,
@@ -51,6 +59,8 @@ var (
 		"RESERVATION_STATUS_REJECTED":    2,
 		"RESERVATION_STATUS_RELEASED":    3,
 		"RESERVATION_STATUS_SOLD":        4,
+		"RESERVATION_STATUS_SELLING":     5,
+		"RESERVATION_STATUS_RELEASING":   6,
 	}
 )
 
@@ -664,13 +674,15 @@ const file_orders_v1_inventory_proto_rawDesc = "" +
 	"\border_id\x18\x01 \x01(\tR\aorderId\"d\n" +
 	"\x11SellStockResponse\x12\x19\n" +
 	"\border_id\x18\x01 \x01(\tR\aorderId\x124\n" +
-	"\x06status\x18\x02 \x01(\x0e2\x1c.orders.v1.ReservationStatusR\x06status*\xb7\x01\n" +
+	"\x06status\x18\x02 \x01(\x0e2\x1c.orders.v1.ReservationStatusR\x06status*\xf9\x01\n" +
 	"\x11ReservationStatus\x12\"\n" +
 	"\x1eRESERVATION_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bRESERVATION_STATUS_RESERVED\x10\x01\x12\x1f\n" +
 	"\x1bRESERVATION_STATUS_REJECTED\x10\x02\x12\x1f\n" +
 	"\x1bRESERVATION_STATUS_RELEASED\x10\x03\x12\x1b\n" +
-	"\x17RESERVATION_STATUS_SOLD\x10\x042\x83\x03\n" +
+	"\x17RESERVATION_STATUS_SOLD\x10\x04\x12\x1e\n" +
+	"\x1aRESERVATION_STATUS_SELLING\x10\x05\x12 \n" +
+	"\x1cRESERVATION_STATUS_RELEASING\x10\x062\x83\x03\n" +
 	"\x10InventoryService\x12@\n" +
 	"\aRestock\x12\x19.orders.v1.RestockRequest\x1a\x1a.orders.v1.RestockResponse\x12C\n" +
 	"\bGetStock\x12\x1a.orders.v1.GetStockRequest\x1a\x1b.orders.v1.GetStockResponse\x12O\n" +

@@ -29,9 +29,13 @@ const (
 	HoldState_HOLD_STATE_UNSPECIFIED HoldState = 0
 	// Counted in reserved.
 	HoldState_HOLD_STATE_HELD HoldState = 1
-	// Given back to available by a release. Kept for an hour, so a repeat of
-	// the release, even one working from a stale record, does nothing.
+	// Given back to available by a release (the old layout's tombstone,
+	// kept an hour; no longer written).
 	HoldState_HOLD_STATE_RELEASED HoldState = 2
+	// Sold units given back by a release whose sale had won a race with the
+	// cancellation: marks the line done while the release runs, and goes
+	// when the release ends.
+	HoldState_HOLD_STATE_RETURNED HoldState = 3
 )
 
 // Enum value maps for HoldState.
@@ -40,11 +44,13 @@ var (
 		0: "HOLD_STATE_UNSPECIFIED",
 		1: "HOLD_STATE_HELD",
 		2: "HOLD_STATE_RELEASED",
+		3: "HOLD_STATE_RETURNED",
 	}
 	HoldState_value = map[string]int32{
 		"HOLD_STATE_UNSPECIFIED": 0,
 		"HOLD_STATE_HELD":        1,
 		"HOLD_STATE_RELEASED":    2,
+		"HOLD_STATE_RETURNED":    3,
 	}
 )
 
@@ -75,7 +81,9 @@ func (HoldState) EnumDescriptor() ([]byte, []int) {
 	return file_orders_v1_state_proto_rawDescGZIP(), []int{0}
 }
 
-// StockLevel is kept in bucket "stock" under "sku.<sku>".
+// StockLevel is one of a SKU's sub-ledgers, kept in bucket "stock" under
+// "sku.<sku>.<n>" (n 0..7), or, for a SKU stocked before sub-ledgers, its
+// only ledger under "sku.<sku>".
 type StockLevel struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Sku       string                 `protobuf:"bytes,1,opt,name=sku,proto3" json:"sku,omitempty"`
@@ -90,8 +98,12 @@ type StockLevel struct {
 	Holds map[string]*Hold `protobuf:"bytes,5,rep,name=holds,proto3" json:"holds,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Restocks applied recently, by the SHA-256 of their Idempotency-Key (hex),
 	// with the Unix time they were applied: a retried restock is found here
-	// and adds nothing. Kept 24 hours, at most 64.
-	Restocks      map[string]int64 `protobuf:"bytes,6,rep,name=restocks,proto3" json:"restocks,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// and adds nothing. Kept 24 hours, at most 16 per ledger.
+	Restocks map[string]int64 `protobuf:"bytes,6,rep,name=restocks,proto3" json:"restocks,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// Transfers out of this ledger not yet done, and transfers into it
+	// credited, by transfer id (see Transfer).
+	TransfersOut  map[string]*Transfer `protobuf:"bytes,7,rep,name=transfers_out,json=transfersOut,proto3" json:"transfers_out,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	TransfersIn   map[string]int64     `protobuf:"bytes,8,rep,name=transfers_in,json=transfersIn,proto3" json:"transfers_in,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -164,6 +176,20 @@ func (x *StockLevel) GetHolds() map[string]*Hold {
 func (x *StockLevel) GetRestocks() map[string]int64 {
 	if x != nil {
 		return x.Restocks
+	}
+	return nil
+}
+
+func (x *StockLevel) GetTransfersOut() map[string]*Transfer {
+	if x != nil {
+		return x.TransfersOut
+	}
+	return nil
+}
+
+func (x *StockLevel) GetTransfersIn() map[string]int64 {
+	if x != nil {
+		return x.TransfersIn
 	}
 	return nil
 }
@@ -244,6 +270,72 @@ func (x *Hold) GetAttempt() string {
 	return ""
 }
 
+// Transfer is units on their way from one of a SKU's ledgers to another:
+// written in the giving ledger before the units are taken, credited in the
+// receiving one under the same id, and removed from both after.
+type Transfer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The ledger (sub-ledger index) the units go to.
+	To       int32 `protobuf:"varint,1,opt,name=to,proto3" json:"to,omitempty"`
+	Quantity int32 `protobuf:"varint,2,opt,name=quantity,proto3" json:"quantity,omitempty"`
+	// When the transfer started (Unix seconds); one older than a few seconds
+	// was interrupted and is completed by whoever meets it.
+	StartedUnix   int64 `protobuf:"varint,3,opt,name=started_unix,json=startedUnix,proto3" json:"started_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Transfer) Reset() {
+	*x = Transfer{}
+	mi := &file_orders_v1_state_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Transfer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Transfer) ProtoMessage() {}
+
+func (x *Transfer) ProtoReflect() protoreflect.Message {
+	mi := &file_orders_v1_state_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Transfer.ProtoReflect.Descriptor instead.
+func (*Transfer) Descriptor() ([]byte, []int) {
+	return file_orders_v1_state_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Transfer) GetTo() int32 {
+	if x != nil {
+		return x.To
+	}
+	return 0
+}
+
+func (x *Transfer) GetQuantity() int32 {
+	if x != nil {
+		return x.Quantity
+	}
+	return 0
+}
+
+func (x *Transfer) GetStartedUnix() int64 {
+	if x != nil {
+		return x.StartedUnix
+	}
+	return 0
+}
+
 // Reservation is kept in bucket "stock" under "order.<order_id>": the outcome
 // of an order's reservation, written after its holds.
 type Reservation struct {
@@ -253,14 +345,17 @@ type Reservation struct {
 	Status  ReservationStatus      `protobuf:"varint,3,opt,name=status,proto3,enum=orders.v1.ReservationStatus" json:"status,omitempty"`
 	Reason  string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
 	// The attempt whose hold the reservation adopted, by SKU (see Hold).
-	Attempts      map[string]string `protobuf:"bytes,5,rep,name=attempts,proto3" json:"attempts,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Attempts map[string]string `protobuf:"bytes,5,rep,name=attempts,proto3" json:"attempts,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// For RELEASING: the release started from SOLD (the units come back from
+	// sold, and each line is marked RETURNED in its ledger as it is done).
+	FromSold      bool `protobuf:"varint,6,opt,name=from_sold,json=fromSold,proto3" json:"from_sold,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Reservation) Reset() {
 	*x = Reservation{}
-	mi := &file_orders_v1_state_proto_msgTypes[2]
+	mi := &file_orders_v1_state_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -272,7 +367,7 @@ func (x *Reservation) String() string {
 func (*Reservation) ProtoMessage() {}
 
 func (x *Reservation) ProtoReflect() protoreflect.Message {
-	mi := &file_orders_v1_state_proto_msgTypes[2]
+	mi := &file_orders_v1_state_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -285,7 +380,7 @@ func (x *Reservation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reservation.ProtoReflect.Descriptor instead.
 func (*Reservation) Descriptor() ([]byte, []int) {
-	return file_orders_v1_state_proto_rawDescGZIP(), []int{2}
+	return file_orders_v1_state_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Reservation) GetOrderId() string {
@@ -323,6 +418,13 @@ func (x *Reservation) GetAttempts() map[string]string {
 	return nil
 }
 
+func (x *Reservation) GetFromSold() bool {
+	if x != nil {
+		return x.FromSold
+	}
+	return false
+}
+
 // Payment is kept in bucket "payments" under the order id.
 type Payment struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
@@ -339,7 +441,7 @@ type Payment struct {
 
 func (x *Payment) Reset() {
 	*x = Payment{}
-	mi := &file_orders_v1_state_proto_msgTypes[3]
+	mi := &file_orders_v1_state_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -351,7 +453,7 @@ func (x *Payment) String() string {
 func (*Payment) ProtoMessage() {}
 
 func (x *Payment) ProtoReflect() protoreflect.Message {
-	mi := &file_orders_v1_state_proto_msgTypes[3]
+	mi := &file_orders_v1_state_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -364,7 +466,7 @@ func (x *Payment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Payment.ProtoReflect.Descriptor instead.
 func (*Payment) Descriptor() ([]byte, []int) {
-	return file_orders_v1_state_proto_rawDescGZIP(), []int{3}
+	return file_orders_v1_state_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Payment) GetOrderId() string {
@@ -432,7 +534,7 @@ type GatewayEntry struct {
 
 func (x *GatewayEntry) Reset() {
 	*x = GatewayEntry{}
-	mi := &file_orders_v1_state_proto_msgTypes[4]
+	mi := &file_orders_v1_state_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -444,7 +546,7 @@ func (x *GatewayEntry) String() string {
 func (*GatewayEntry) ProtoMessage() {}
 
 func (x *GatewayEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_orders_v1_state_proto_msgTypes[4]
+	mi := &file_orders_v1_state_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -457,7 +559,7 @@ func (x *GatewayEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GatewayEntry.ProtoReflect.Descriptor instead.
 func (*GatewayEntry) Descriptor() ([]byte, []int) {
-	return file_orders_v1_state_proto_rawDescGZIP(), []int{4}
+	return file_orders_v1_state_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GatewayEntry) GetIdempotencyKey() string {
@@ -528,7 +630,7 @@ type OrderIDKey struct {
 
 func (x *OrderIDKey) Reset() {
 	*x = OrderIDKey{}
-	mi := &file_orders_v1_state_proto_msgTypes[5]
+	mi := &file_orders_v1_state_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -540,7 +642,7 @@ func (x *OrderIDKey) String() string {
 func (*OrderIDKey) ProtoMessage() {}
 
 func (x *OrderIDKey) ProtoReflect() protoreflect.Message {
-	mi := &file_orders_v1_state_proto_msgTypes[5]
+	mi := &file_orders_v1_state_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -553,7 +655,7 @@ func (x *OrderIDKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OrderIDKey.ProtoReflect.Descriptor instead.
 func (*OrderIDKey) Descriptor() ([]byte, []int) {
-	return file_orders_v1_state_proto_rawDescGZIP(), []int{5}
+	return file_orders_v1_state_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *OrderIDKey) GetKey() []byte {
@@ -574,7 +676,7 @@ var File_orders_v1_state_proto protoreflect.FileDescriptor
 
 const file_orders_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x15orders/v1/state.proto\x12\torders.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19orders/v1/inventory.proto\x1a\x18orders/v1/payments.proto\x1a\x15orders/v1/types.proto\"\xed\x02\n" +
+	"\x15orders/v1/state.proto\x12\torders.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19orders/v1/inventory.proto\x1a\x18orders/v1/payments.proto\x1a\x15orders/v1/types.proto\"\x9c\x05\n" +
 	"\n" +
 	"StockLevel\x12\x10\n" +
 	"\x03sku\x18\x01 \x01(\tR\x03sku\x12\x1c\n" +
@@ -582,25 +684,38 @@ const file_orders_v1_state_proto_rawDesc = "" +
 	"\breserved\x18\x03 \x01(\x05R\breserved\x12\x12\n" +
 	"\x04sold\x18\x04 \x01(\x05R\x04sold\x126\n" +
 	"\x05holds\x18\x05 \x03(\v2 .orders.v1.StockLevel.HoldsEntryR\x05holds\x12?\n" +
-	"\brestocks\x18\x06 \x03(\v2#.orders.v1.StockLevel.RestocksEntryR\brestocks\x1aI\n" +
+	"\brestocks\x18\x06 \x03(\v2#.orders.v1.StockLevel.RestocksEntryR\brestocks\x12L\n" +
+	"\rtransfers_out\x18\a \x03(\v2'.orders.v1.StockLevel.TransfersOutEntryR\ftransfersOut\x12I\n" +
+	"\ftransfers_in\x18\b \x03(\v2&.orders.v1.StockLevel.TransfersInEntryR\vtransfersIn\x1aI\n" +
 	"\n" +
 	"HoldsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12%\n" +
 	"\x05value\x18\x02 \x01(\v2\x0f.orders.v1.HoldR\x05value:\x028\x01\x1a;\n" +
 	"\rRestocksEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\x1aT\n" +
+	"\x11TransfersOutEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12)\n" +
+	"\x05value\x18\x02 \x01(\v2\x13.orders.v1.TransferR\x05value:\x028\x01\x1a>\n" +
+	"\x10TransfersInEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\x8d\x01\n" +
 	"\x04Hold\x12\x1a\n" +
 	"\bquantity\x18\x01 \x01(\x05R\bquantity\x12*\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x14.orders.v1.HoldStateR\x05state\x12#\n" +
 	"\rreleased_unix\x18\x03 \x01(\x03R\freleasedUnix\x12\x18\n" +
-	"\aattempt\x18\x04 \x01(\tR\aattempt\"\xa1\x02\n" +
+	"\aattempt\x18\x04 \x01(\tR\aattempt\"Y\n" +
+	"\bTransfer\x12\x0e\n" +
+	"\x02to\x18\x01 \x01(\x05R\x02to\x12\x1a\n" +
+	"\bquantity\x18\x02 \x01(\x05R\bquantity\x12!\n" +
+	"\fstarted_unix\x18\x03 \x01(\x03R\vstartedUnix\"\xbe\x02\n" +
 	"\vReservation\x12\x19\n" +
 	"\border_id\x18\x01 \x01(\tR\aorderId\x12*\n" +
 	"\x05items\x18\x02 \x03(\v2\x14.orders.v1.OrderItemR\x05items\x124\n" +
 	"\x06status\x18\x03 \x01(\x0e2\x1c.orders.v1.ReservationStatusR\x06status\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12@\n" +
-	"\battempts\x18\x05 \x03(\v2$.orders.v1.Reservation.AttemptsEntryR\battempts\x1a;\n" +
+	"\battempts\x18\x05 \x03(\v2$.orders.v1.Reservation.AttemptsEntryR\battempts\x12\x1b\n" +
+	"\tfrom_sold\x18\x06 \x01(\bR\bfromSold\x1a;\n" +
 	"\rAttemptsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd5\x01\n" +
@@ -623,11 +738,12 @@ const file_orders_v1_state_proto_rawDesc = "" +
 	"\n" +
 	"OrderIDKey\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12=\n" +
-	"\flegacy_until\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\vlegacyUntil*U\n" +
+	"\flegacy_until\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\vlegacyUntil*n\n" +
 	"\tHoldState\x12\x1a\n" +
 	"\x16HOLD_STATE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fHOLD_STATE_HELD\x10\x01\x12\x17\n" +
-	"\x13HOLD_STATE_RELEASED\x10\x02B\x9d\x01\n" +
+	"\x13HOLD_STATE_RELEASED\x10\x02\x12\x17\n" +
+	"\x13HOLD_STATE_RETURNED\x10\x03B\x9d\x01\n" +
 	"\rcom.orders.v1B\n" +
 	"StateProtoP\x01Z;github.com/orderflow/orderflow/proto/gen/orders/v1;ordersv1\xa2\x02\x03OXX\xaa\x02\tOrders.V1\xca\x02\tOrders\\V1\xe2\x02\x15Orders\\V1\\GPBMetadata\xea\x02\n" +
 	"Orders::V1b\x06proto3"
@@ -645,41 +761,47 @@ func file_orders_v1_state_proto_rawDescGZIP() []byte {
 }
 
 var file_orders_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_orders_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_orders_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_orders_v1_state_proto_goTypes = []any{
 	(HoldState)(0),                // 0: orders.v1.HoldState
 	(*StockLevel)(nil),            // 1: orders.v1.StockLevel
 	(*Hold)(nil),                  // 2: orders.v1.Hold
-	(*Reservation)(nil),           // 3: orders.v1.Reservation
-	(*Payment)(nil),               // 4: orders.v1.Payment
-	(*GatewayEntry)(nil),          // 5: orders.v1.GatewayEntry
-	(*OrderIDKey)(nil),            // 6: orders.v1.OrderIDKey
-	nil,                           // 7: orders.v1.StockLevel.HoldsEntry
-	nil,                           // 8: orders.v1.StockLevel.RestocksEntry
-	nil,                           // 9: orders.v1.Reservation.AttemptsEntry
-	(*OrderItem)(nil),             // 10: orders.v1.OrderItem
-	(ReservationStatus)(0),        // 11: orders.v1.ReservationStatus
-	(*Money)(nil),                 // 12: orders.v1.Money
-	(PaymentStatus)(0),            // 13: orders.v1.PaymentStatus
-	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
+	(*Transfer)(nil),              // 3: orders.v1.Transfer
+	(*Reservation)(nil),           // 4: orders.v1.Reservation
+	(*Payment)(nil),               // 5: orders.v1.Payment
+	(*GatewayEntry)(nil),          // 6: orders.v1.GatewayEntry
+	(*OrderIDKey)(nil),            // 7: orders.v1.OrderIDKey
+	nil,                           // 8: orders.v1.StockLevel.HoldsEntry
+	nil,                           // 9: orders.v1.StockLevel.RestocksEntry
+	nil,                           // 10: orders.v1.StockLevel.TransfersOutEntry
+	nil,                           // 11: orders.v1.StockLevel.TransfersInEntry
+	nil,                           // 12: orders.v1.Reservation.AttemptsEntry
+	(*OrderItem)(nil),             // 13: orders.v1.OrderItem
+	(ReservationStatus)(0),        // 14: orders.v1.ReservationStatus
+	(*Money)(nil),                 // 15: orders.v1.Money
+	(PaymentStatus)(0),            // 16: orders.v1.PaymentStatus
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
 }
 var file_orders_v1_state_proto_depIdxs = []int32{
-	7,  // 0: orders.v1.StockLevel.holds:type_name -> orders.v1.StockLevel.HoldsEntry
-	8,  // 1: orders.v1.StockLevel.restocks:type_name -> orders.v1.StockLevel.RestocksEntry
-	0,  // 2: orders.v1.Hold.state:type_name -> orders.v1.HoldState
-	10, // 3: orders.v1.Reservation.items:type_name -> orders.v1.OrderItem
-	11, // 4: orders.v1.Reservation.status:type_name -> orders.v1.ReservationStatus
-	9,  // 5: orders.v1.Reservation.attempts:type_name -> orders.v1.Reservation.AttemptsEntry
-	12, // 6: orders.v1.Payment.amount:type_name -> orders.v1.Money
-	13, // 7: orders.v1.Payment.status:type_name -> orders.v1.PaymentStatus
-	12, // 8: orders.v1.GatewayEntry.amount:type_name -> orders.v1.Money
-	14, // 9: orders.v1.OrderIDKey.legacy_until:type_name -> google.protobuf.Timestamp
-	2,  // 10: orders.v1.StockLevel.HoldsEntry.value:type_name -> orders.v1.Hold
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	8,  // 0: orders.v1.StockLevel.holds:type_name -> orders.v1.StockLevel.HoldsEntry
+	9,  // 1: orders.v1.StockLevel.restocks:type_name -> orders.v1.StockLevel.RestocksEntry
+	10, // 2: orders.v1.StockLevel.transfers_out:type_name -> orders.v1.StockLevel.TransfersOutEntry
+	11, // 3: orders.v1.StockLevel.transfers_in:type_name -> orders.v1.StockLevel.TransfersInEntry
+	0,  // 4: orders.v1.Hold.state:type_name -> orders.v1.HoldState
+	13, // 5: orders.v1.Reservation.items:type_name -> orders.v1.OrderItem
+	14, // 6: orders.v1.Reservation.status:type_name -> orders.v1.ReservationStatus
+	12, // 7: orders.v1.Reservation.attempts:type_name -> orders.v1.Reservation.AttemptsEntry
+	15, // 8: orders.v1.Payment.amount:type_name -> orders.v1.Money
+	16, // 9: orders.v1.Payment.status:type_name -> orders.v1.PaymentStatus
+	15, // 10: orders.v1.GatewayEntry.amount:type_name -> orders.v1.Money
+	17, // 11: orders.v1.OrderIDKey.legacy_until:type_name -> google.protobuf.Timestamp
+	2,  // 12: orders.v1.StockLevel.HoldsEntry.value:type_name -> orders.v1.Hold
+	3,  // 13: orders.v1.StockLevel.TransfersOutEntry.value:type_name -> orders.v1.Transfer
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_orders_v1_state_proto_init() }
@@ -696,7 +818,7 @@ func file_orders_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_orders_v1_state_proto_rawDesc), len(file_orders_v1_state_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   9,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,327 @@
+package inventory
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
+	"github.com/orderflow/orderflow/runtime/durable"
+	"github.com/orderflow/orderflow/runtime/runtimetest"
+)
+
+func newTestStock(t *testing.T) (*Stock, *durable.Bucket) {
+	t.Helper()
+	js := runtimetest.JetStream(t, runtimetest.Connect(t, runtimetest.StartNATS(t)))
+	b, err := durable.OpenBucket(context.Background(), js, Bucket, durable.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return New(b), b
+}
+
+func wantLevel(t *testing.T, st *Stock, sku string, available, reservedU, soldU int32) {
+	t.Helper()
+	l, err := st.Level(context.Background(), sku)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Available != available || l.Reserved != reservedU || l.Sold != soldU {
+		t.Fatalf("%s: %d/%d/%d, want %d/%d/%d", sku, l.Available, l.Reserved, l.Sold, available, reservedU, soldU)
+	}
+}
+
+// A late duplicate reserve that read no record (a server just restarted can
+// answer so) finds the first hold already sold, so it places a hold again.
+// Whoever meets that stray hold gives it back: the duplicate itself when it
+// reads the record, a sale, or a release after a cancellation.
+func TestStrayHoldsAreGivenBack(t *testing.T) {
+	ctx := context.Background()
+	st, b := newTestStock(t)
+	if _, err := st.Restock(ctx, "A", 100, ""); err != nil {
+		t.Fatal(err)
+	}
+	item := []*ordersv1.OrderItem{{Sku: "A", Quantity: 3}}
+	stray := func(id string) {
+		t.Helper()
+		if _, err := st.hold(ctx, id, item[0], "late"); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// The duplicate continues and reads the record: it gives its hold back.
+	if _, err := st.Reserve(ctx, "o-1", item); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Sell(ctx, "o-1"); err != nil {
+		t.Fatal(err)
+	}
+	stray("o-1")
+	wantLevel(t, st, "A", 94, 3, 3)
+	if r, err := st.Reserve(ctx, "o-1", item); err != nil || r.Status != sold {
+		t.Fatalf("late reserve = %v, %v", r, err)
+	}
+	wantLevel(t, st, "A", 97, 0, 3)
+
+	// A sale that stopped halfway (SELLING, its line sold) meets it when it
+	// is done again.
+	if _, err := st.Reserve(ctx, "o-2", item); err != nil {
+		t.Fatal(err)
+	}
+	r, rev, err := st.record(ctx, "o-2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Status = selling
+	if _, err := b.Put(ctx, reservationKey("o-2"), r, rev); err != nil {
+		t.Fatal(err)
+	}
+	key, _ := st.homeKey(ctx, "A", "o-2")
+	if err := st.ledger(ctx, key, func(l *ordersv1.StockLevel, _ bool) error {
+		h := l.Holds["o-2"]
+		l.Reserved -= h.Quantity
+		l.Sold += h.Quantity
+		delete(l.Holds, "o-2")
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	stray("o-2")
+	if r, err := st.Sell(ctx, "o-2"); err != nil || r.Status != sold {
+		t.Fatalf("sell = %v, %v", r, err)
+	}
+	wantLevel(t, st, "A", 94, 0, 6)
+
+	// A release after a cancellation meets it: the stray goes back, and so
+	// do the sold units.
+	if _, err := st.Reserve(ctx, "o-3", item); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Sell(ctx, "o-3"); err != nil {
+		t.Fatal(err)
+	}
+	stray("o-3")
+	if r, err := st.Release(ctx, "o-3", "cancelled"); err != nil || r.Status != released {
+		t.Fatalf("release = %v, %v", r, err)
+	}
+	wantLevel(t, st, "A", 94, 0, 6)
+}
+
+// An intent left by a step that stopped halfway is completed by the next
+// step that meets it, line by line and once: a release that meets SELLING
+// completes the sale first; a release from sold that stopped after one line
+// does the rest, and no line twice.
+func TestIntentsAreCompletedOnce(t *testing.T) {
+	ctx := context.Background()
+	st, b := newTestStock(t)
+	for _, sku := range []string{"A", "B"} {
+		if _, err := st.Restock(ctx, sku, 50, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lines := []*ordersv1.OrderItem{{Sku: "A", Quantity: 2}, {Sku: "B", Quantity: 3}}
+	setStatus := func(id string, s ordersv1.ReservationStatus, fromSold bool) {
+		t.Helper()
+		r, rev, err := st.record(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Status, r.FromSold = s, fromSold
+		if _, err := b.Put(ctx, reservationKey(id), r, rev); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// SELLING, nothing moved yet; a release comes.
+	if _, err := st.Reserve(ctx, "o-1", lines); err != nil {
+		t.Fatal(err)
+	}
+	setStatus("o-1", selling, false)
+	if r, err := st.Release(ctx, "o-1", "cancelled"); err != nil || r.Status != released {
+		t.Fatalf("release over SELLING = %v, %v", r, err)
+	}
+	wantLevel(t, st, "A", 50, 0, 0)
+	wantLevel(t, st, "B", 50, 0, 0)
+
+	// Sold, then a release from sold that did line A and stopped.
+	if _, err := st.Reserve(ctx, "o-2", lines); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Sell(ctx, "o-2"); err != nil {
+		t.Fatal(err)
+	}
+	setStatus("o-2", releasing, true)
+	key, _ := st.homeKey(ctx, "A", "o-2")
+	if err := st.ledger(ctx, key, func(l *ordersv1.StockLevel, _ bool) error {
+		return takeBackSold(l, "o-2", lines[0], st.now())
+	}); err != nil {
+		t.Fatal(err)
+	}
+	wantLevel(t, st, "A", 50, 0, 0)
+	wantLevel(t, st, "B", 47, 0, 3)
+	for range 2 { // and once more: a repeat changes nothing
+		if r, err := st.Release(ctx, "o-2", "cancelled"); err != nil || r.Status != released {
+			t.Fatalf("release = %v, %v", r, err)
+		}
+		wantLevel(t, st, "A", 50, 0, 0)
+		wantLevel(t, st, "B", 50, 0, 0)
+	}
+	// The RETURNED marks went with the release.
+	for _, sku := range []string{"A", "B"} {
+		ls, _ := Ledgers(ctx, st, sku)
+		for _, l := range ls {
+			if len(l.GetHolds()) != 0 {
+				t.Errorf("%s: entries left after the release: %v", sku, l.GetHolds())
+			}
+		}
+	}
+}
+
+// A transfer interrupted after the giving ledger took the units (a crash)
+// loses nothing: the units count as available meanwhile, and whoever meets
+// it later credits them, once.
+func TestInterruptedTransferIsCompleted(t *testing.T) {
+	ctx := context.Background()
+	st, _ := newTestStock(t)
+	now := time.Unix(1_800_000_000, 0)
+	st.now = func() time.Time { return now }
+	if _, err := st.Restock(ctx, "A", 80, ""); err != nil {
+		t.Fatal(err)
+	}
+	l, _ := st.layout(ctx, "A")
+	// The first write of a transfer from ledger 0 to ledger 1, then a crash.
+	if err := st.ledger(ctx, l.keys[0], func(lv *ordersv1.StockLevel, _ bool) error {
+		lv.Available -= 5
+		lv.TransfersOut = map[string]*ordersv1.Transfer{"t-1": {To: 1, Quantity: 5, StartedUnix: now.Unix()}}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	wantLevel(t, st, "A", 80, 0, 0)
+	now = now.Add(transferStale + time.Second)
+	ls, err := st.ledgers(ctx, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // a second finisher working from the same read credits nothing
+		if err := st.finishTransfers(ctx, l, ls); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantLevel(t, st, "A", 80, 0, 0)
+	ls, _ = st.ledgers(ctx, l)
+	if len(ls[0].GetTransfersOut()) != 0 || ls[1].GetAvailable() != 15 {
+		t.Errorf("after finishing: ledger 0 out %v, ledger 1 available %d, want none and 15", ls[0].GetTransfersOut(), ls[1].GetAvailable())
+	}
+}
+
+// A SKU stocked before sub-ledgers keeps its single record "sku.<sku>",
+// holds and tombstones included, and works as before.
+func TestOldLayoutIsRead(t *testing.T) {
+	ctx := context.Background()
+	st, b := newTestStock(t)
+	old := &ordersv1.StockLevel{Sku: "OLD", Available: 7, Reserved: 2, Sold: 1, Holds: map[string]*ordersv1.Hold{
+		"o-1": {Quantity: 2, State: held, Attempt: "a-1"},
+		"o-0": {Quantity: 1, State: tomb, ReleasedUnix: time.Now().Unix()},
+	}}
+	if _, err := b.Put(ctx, "sku.OLD", old, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Put(ctx, reservationKey("o-1"), &ordersv1.Reservation{OrderId: "o-1", Status: reserved,
+		Items: []*ordersv1.OrderItem{{Sku: "OLD", Quantity: 2}}, Attempts: map[string]string{"OLD": "a-1"}}, 0); err != nil {
+		t.Fatal(err)
+	}
+	wantLevel(t, st, "OLD", 7, 2, 1)
+	if _, err := st.Sell(ctx, "o-1"); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := st.Reserve(ctx, "o-2", []*ordersv1.OrderItem{{Sku: "OLD", Quantity: 3}}); err != nil || r.Status != reserved {
+		t.Fatalf("reserve on the old layout = %v, %v", r, err)
+	}
+	wantLevel(t, st, "OLD", 4, 3, 3)
+	if _, err := b.Get(ctx, "sku.OLD.0", &ordersv1.StockLevel{}); err == nil {
+		t.Error("a SKU of the old layout got sub-ledgers")
+	}
+}
+
+// 20,000 holds and cancellations through one SKU: every ledger stays
+// small (its entries are the orders in flight, never the history), and
+// the SKU still reserves and sells correctly afterwards.
+func TestHotSKULedgersStayBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("20,000 orders")
+	}
+	ctx := context.Background()
+	st, b := newTestStock(t)
+	const orders, workers = 20_000, 32
+	if _, err := st.Restock(ctx, "HOT", 100_000, ""); err != nil {
+		t.Fatal(err)
+	}
+	next := make(chan int)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	maxSize := 0
+	measure := func() {
+		ls, err := Ledgers(ctx, st, "HOT")
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for _, l := range ls {
+			maxSize = max(maxSize, proto.Size(l))
+		}
+	}
+	for range workers {
+		wg.Go(func() {
+			for i := range next {
+				id := fmt.Sprintf("o-%d", i)
+				if _, err := st.Reserve(ctx, id, []*ordersv1.OrderItem{{Sku: "HOT", Quantity: 1}}); err != nil {
+					t.Error(err)
+					return
+				}
+				if i%2 == 0 {
+					_, err := st.Release(ctx, id, "cancelled")
+					if err != nil {
+						t.Error(err)
+						return
+					}
+				} else if _, err := st.Sell(ctx, id); err != nil {
+					t.Error(err)
+					return
+				}
+				if i%1000 == 0 {
+					measure()
+				}
+			}
+		})
+	}
+	for i := range orders {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	measure()
+	if maxSize > 4096 {
+		t.Errorf("a ledger reached %d bytes, want at most 4 KiB", maxSize)
+	}
+	wantLevel(t, st, "HOT", 100_000-orders/2, 0, orders/2)
+	// Still correct: a reserve, a sale and a release.
+	if _, err := st.Reserve(ctx, "after", []*ordersv1.OrderItem{{Sku: "HOT", Quantity: 5}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Sell(ctx, "after"); err != nil {
+		t.Fatal(err)
+	}
+	wantLevel(t, st, "HOT", 100_000-orders/2-5, 0, orders/2+5)
+	var rec ordersv1.StockLevel
+	if _, err := b.Get(ctx, "sku.HOT.0", &rec); err != nil || len(rec.GetHolds()) != 0 {
+		t.Errorf("ledger 0 at rest: %d entries (%v)", len(rec.GetHolds()), err)
+	}
+	t.Logf("largest ledger seen: %d bytes", maxSize)
+}
