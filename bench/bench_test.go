@@ -32,7 +32,7 @@ func TestFlags(t *testing.T) {
 	if err != nil || o.orders != 10 || o.clients != 2 || !o.jsonOut || o.progress == "bar" {
 		t.Errorf("parseFlags = %+v, %v", o, err)
 	}
-	for _, bad := range [][]string{{"--orders", "0"}, {"--clients", "0"}, {"--rate", "-1"}, {"--progress", "fancy"}} {
+	for _, bad := range [][]string{{"--orders", "-1"}, {"--clients", "0"}, {"--lines", "0"}, {"--cancel-every", "-1"}, {"--rate", "-1"}, {"--progress", "fancy"}} {
 		if _, err := parseFlags(bad, io.Discard); err == nil {
 			t.Errorf("parseFlags(%v) accepted", bad)
 		}

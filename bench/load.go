@@ -131,6 +131,9 @@ func run(ctx context.Context, o options, log io.Writer) (Result, error) {
 	if err := nc.Flush(); err != nil {
 		return Result{}, err
 	}
+	if o.orders == 0 {
+		return Result{}, nil // stock only
+	}
 
 	created := hdrhistogram.New(1, int64(time.Minute/time.Microsecond), 3)
 	var createdMu sync.Mutex

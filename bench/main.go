@@ -38,10 +38,10 @@ type options struct {
 	lines       int
 	unknownLast bool
 	cancelEvery int
-	timeout  time.Duration
-	jsonOut  bool
-	progress string
-	runID    string
+	timeout     time.Duration
+	jsonOut     bool
+	progress    string
+	runID       string
 	// requests, when set, measures request/reply on inventory.get instead
 	// of placing orders: that many requests.
 	requests int
@@ -56,7 +56,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		def = "nats://127.0.0.1:4222"
 	}
 	fs.StringVar(&o.server, "server", def, "NATS server URL: $NATS_URL when set")
-	fs.IntVar(&o.orders, "orders", 2000, "orders to place (with --duration: at most)")
+	fs.IntVar(&o.orders, "orders", 2000, "orders to place (with --duration: at most); 0 only stocks the SKUs")
 	fs.DurationVar(&o.duration, "duration", 0, "place orders for this long instead of a fixed count")
 	fs.IntVar(&o.clients, "clients", 8, "concurrent clients placing orders")
 	fs.Float64Var(&o.rate, "rate", 0, "orders per second across all clients; 0 is as fast as they go")
@@ -75,8 +75,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, err
 	}
 	switch {
-	case o.orders < 1:
-		return o, errors.New("--orders must be positive")
+	case o.orders < 0:
+		return o, errors.New("--orders must not be negative")
 	case o.clients < 1:
 		return o, errors.New("--clients must be positive")
 	case o.rate < 0:

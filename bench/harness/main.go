@@ -48,6 +48,8 @@ type options struct {
 	profileS int
 	modes    []string
 	cluster  bool
+	hot      bool
+	churn    int
 }
 
 func main() {
@@ -64,6 +66,8 @@ func main() {
 	flag.IntVar(&o.profileS, "profile", 8, "seconds of host CPU profile taken at full load (0: none)")
 	flag.StringVar(&modes, "modes", "always,default", "fsync modes to run: always (nats.conf) and default (2 min)")
 	flag.BoolVar(&o.cluster, "cluster", true, "also measure a 3-node R3 cluster (deploy/cluster), with fsync always")
+	flag.BoolVar(&o.hot, "hot", true, "also measure a hot SKU: a flash sale on one SKU, one SKU after --churn orders, rejected multi-line orders")
+	flag.IntVar(&o.churn, "churn", 20000, "orders put through one SKU before it is compared with a fresh one")
 	flag.Parse()
 	for _, f := range strings.Split(levels, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
@@ -129,6 +133,17 @@ func run(o options) error {
 		}
 		rep.Modes = append(rep.Modes, m)
 	}
+	if o.hot {
+		clients := o.levels[len(o.levels)-1]
+		if m, ok := rep.mode("always"); ok && m.Best.Clients > 0 {
+			clients = m.Best.Clients
+		}
+		h, err := runHot(o, b, filepath.Join(tmp, "hot"), clients)
+		if err != nil {
+			return fmt.Errorf("hot SKU: %w", err)
+		}
+		rep.Hot = &h
+	}
 	if o.cluster {
 		// As many clients as the best R1 row with fsync always, to compare.
 		clients := o.levels[len(o.levels)-1]
@@ -186,6 +201,8 @@ type loadResult struct {
 	Orders        int     `json:"orders"`
 	Failed        int     `json:"failed"`
 	Confirmed     int     `json:"confirmed"`
+	Rejected      int     `json:"rejected"`
+	Cancelled     int     `json:"cancelled"`
 	Unfinished    int     `json:"unfinished"`
 	Clients       int     `json:"clients"`
 	TargetRate    float64 `json:"target_rate"`

@@ -12,6 +12,7 @@ type report struct {
 	Options options
 	Modes   []modeResult
 	Cluster *clusterResult
+	Hot     *hotResult
 }
 
 func (r report) mode(name string) (modeResult, bool) {
@@ -68,6 +69,22 @@ func (r report) targets() []target {
 			ts = append(ts, target{fmt.Sprintf("R3 confirmed orders/s ÷ R1, %d clients", c.Load.Clients), "always",
 				fmt.Sprintf("%.2f (%.0f ÷ %.0f)", ratio, c.Load.ConfirmedPerS, m.Best.ConfirmedPerS), "≥ 0.6", ratio >= 0.6})
 		}
+	}
+	if h := r.Hot; h != nil {
+		if h.Spread.ConfirmedPerS > 0 {
+			ratio := h.Flash.ConfirmedPerS / h.Spread.ConfirmedPerS
+			ts = append(ts, target{fmt.Sprintf("flash sale: confirmed orders/s on one SKU ÷ over %d SKUs, %d clients", r.Options.skus, h.Clients), "always",
+				fmt.Sprintf("%.2f (%.0f ÷ %.0f)", ratio, h.Flash.ConfirmedPerS, h.Spread.ConfirmedPerS), "≥ 0.5", ratio >= 0.5})
+		}
+		if churned, fresh, ratio := h.churnRatio(); fresh > 0 {
+			ts = append(ts, target{fmt.Sprintf("confirmed orders/s on a SKU after %d orders (half cancelled) ÷ on a fresh SKU", h.ChurnOrders), "always",
+				fmt.Sprintf("%.2f (%.0f ÷ %.0f)", ratio, churned, fresh), "≥ 0.9", ratio >= 0.9})
+		}
+		biggest := max(h.Sizes.Ledger, h.Sizes.Order)
+		ts = append(ts, target{"largest stock record written (SKU ledger / order reservation)", "always",
+			fmt.Sprintf("%d B (%d / %d)", biggest, h.Sizes.Ledger, h.Sizes.Order), "≤ 4096 B", biggest > 0 && biggest <= 4096})
+		ts = append(ts, target{fmt.Sprintf("stock writes per rejected %d-line order (last line unknown)", h.Lines), "always",
+			fmt.Sprintf("%.2f", h.WritesPerRejected), fmt.Sprintf("≤ %d", h.Lines), h.Rejected.Rejected > 0 && h.WritesPerRejected <= float64(h.Lines)})
 	}
 	return ts
 }
@@ -136,6 +153,9 @@ func (r report) markdown(svg string) string {
 		w("| %s | %.0f | %.2fms | %.2fms |\n", modeLabel(m), m.Requests.PerS, m.Requests.P50Ms, m.Requests.P99Ms)
 	}
 
+	if h := r.Hot; h != nil {
+		w("%s", r.hotSection(*h))
+	}
 	if c := r.Cluster; c != nil {
 		w("%s", r.clusterSection(*c))
 	}

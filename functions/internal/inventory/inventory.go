@@ -10,7 +10,9 @@
 // one write, and orders of one SKU spread over the ledgers (see ledgers.go).
 // An entry lives only while its order is in flight: a ledger holds the
 // orders in flight at its home, never a SKU's history, so its size and the
-// cost of a step stay the same however many orders went before.
+// cost of a step stay the same however many orders went before. At most
+// MaxHolds orders are in flight at a ledger; a reserve past that waits for
+// room, so a record stays under 4 KiB whatever the load.
 //
 // The order's reservation record (order.<id>) says where the order stands
 // and serialises what may touch its units: the step that moves them first
@@ -18,7 +20,9 @@
 // that no other step can take over from it except by completing the same
 // intent. Within an intent every line is idempotent: an entry that is gone
 // was done (nothing else could have removed it), and a release that takes
-// sold units back marks the line RETURNED until it ends.
+// sold units back marks the line RETURNED until it ends; a releaser that
+// finds neither entry nor mark reads the record again before it takes the
+// line back (the marks go only after the record says RELEASED).
 //
 // The protocol, per order:
 //   - reserve: hold each line at its home (available to reserved, entry
@@ -60,10 +64,6 @@ const Bucket = "stock"
 // legacyTombstoneTTL is how long a RELEASED entry of the old layout is
 // kept; none are written any more.
 const legacyTombstoneTTL = time.Hour
-
-// returnedKept bounds how long a RETURNED mark can stay if the release
-// that wrote it stopped before removing it.
-const returnedKept = 24 * time.Hour
 
 // ErrWrongState is returned when a reservation cannot take the requested
 // step (selling a released reservation, say). It is permanent.
@@ -133,8 +133,30 @@ type errShort struct {
 
 func (e errShort) Error() string { return e.reason }
 
+// errReleaseEnded stops a releaser that read the record before another
+// releaser ended the release.
+var errReleaseEnded = errors.New("release ended")
+
 // errReleasing stops a hold: the order's release is underway or done.
 var errReleasing = errors.New("release underway")
+
+// ErrLedgerFull is returned by a reserve that waited fullWait for room at a
+// ledger holding MaxHolds orders: transient, the reserve is retried later.
+var ErrLedgerFull = errors.New("stock ledger full of orders in flight")
+
+// MaxHolds bounds the orders in flight at one ledger, so that a record
+// stays under 4 KiB whatever the load (ledger_test.go checks the worst
+// case: 64-byte SKU and order ids, every map full). A SKU has 8 ledgers:
+// 232 orders can hold its units at once; a reserve past that waits for a
+// sale or a release to make room, with its message kept in progress.
+// Waiting cannot deadlock: an order holds its lines in SKU order, so a
+// chain of waiting reserves ends at a ledger whose orders are all reserved
+// and move on to be sold or released.
+const MaxHolds = 29
+
+// fullWait is how long a reserve waits for room at a full ledger before it
+// fails (transient) and is retried by the trigger's policy.
+const fullWait = 30 * time.Second
 
 // ledger applies fn to the ledger under key with compare-and-set; fn
 // returns state.ErrNoChange to skip the write. Marks past their time are
@@ -144,15 +166,8 @@ func (st *Stock) ledger(ctx context.Context, key string, fn func(l *ordersv1.Sto
 		now := st.now()
 		pruned := false
 		for id, h := range l.Holds {
-			if h.State == tomb && now.Sub(time.Unix(h.ReleasedUnix, 0)) > legacyTombstoneTTL ||
-				h.State == returned && now.Sub(time.Unix(h.ReleasedUnix, 0)) > returnedKept {
+			if h.State == tomb && now.Sub(time.Unix(h.ReleasedUnix, 0)) > legacyTombstoneTTL {
 				delete(l.Holds, id)
-				pruned = true
-			}
-		}
-		for id, at := range l.TransfersIn {
-			if now.Sub(time.Unix(at, 0)) > creditKept {
-				delete(l.TransfersIn, id)
 				pruned = true
 			}
 		}
@@ -273,10 +288,21 @@ func (st *Stock) hold(ctx context.Context, orderID string, it *ordersv1.OrderIte
 		return "", err
 	}
 	home := l.home(orderID)
+	var full *backoff
 	for try := 1; ; try++ {
 		var avail int32
 		var exists bool
-		owner, avail, exists, err = st.holdOnce(ctx, l.keys[home], orderID, it, attempt)
+		owner, avail, exists, err = st.holdOnce(ctx, l.keys[home], len(l.keys) > 1, orderID, it, attempt)
+		if errors.Is(err, ErrLedgerFull) {
+			if full == nil {
+				full = newBackoff(fullWait)
+			}
+			if werr := full.wait(ctx); werr != nil {
+				return "", fmt.Errorf("%s ledger %d: %w (waited %s)", it.GetSku(), home, err, fullWait)
+			}
+			try--
+			continue
+		}
 		var short errShort
 		if !errors.As(err, &short) {
 			return owner, err
@@ -309,7 +335,21 @@ func (st *Stock) hold(ctx context.Context, orderID string, it *ordersv1.OrderIte
 	}
 }
 
-func (st *Stock) holdOnce(ctx context.Context, key, orderID string, it *ordersv1.OrderItem, attempt string) (owner string, avail int32, exists bool, err error) {
+// inFlight counts the entries of orders in flight at l (tombstones of the
+// old layout are not: they go by age).
+func inFlight(l *ordersv1.StockLevel) int {
+	n := 0
+	for _, h := range l.GetHolds() {
+		if h.GetState() != tomb {
+			n++
+		}
+	}
+	return n
+}
+
+// holdOnce places the hold at key; capped applies MaxHolds (to sub-ledgers:
+// a SKU's single record of the old layout has no room to spare elsewhere).
+func (st *Stock) holdOnce(ctx context.Context, key string, capped bool, orderID string, it *ordersv1.OrderItem, attempt string) (owner string, avail int32, exists bool, err error) {
 	err = st.ledger(ctx, key, func(l *ordersv1.StockLevel, ok bool) error {
 		owner, exists, avail = "", ok, l.GetAvailable()
 		if h, found := l.Holds[orderID]; found {
@@ -321,6 +361,9 @@ func (st *Stock) holdOnce(ctx context.Context, key, orderID string, it *ordersv1
 		}
 		if l.Available < it.GetQuantity() {
 			return errShort{reason: fmt.Sprintf("insufficient stock for %s", it.GetSku())}
+		}
+		if capped && inFlight(l) >= MaxHolds {
+			return ErrLedgerFull
 		}
 		l.Sku = it.GetSku()
 		l.Available -= it.GetQuantity()
@@ -382,10 +425,16 @@ func (st *Stock) cleanup(ctx context.Context, orderID string, items []*ordersv1.
 		}
 		err = st.ledger(ctx, key, func(l *ordersv1.StockLevel, _ bool) error {
 			h, ok := l.Holds[orderID]
-			if !ok || h.State != held {
+			switch {
+			case ok && h.State == held:
+				giveBack(l, orderID, h)
+			case ok && h.State == returned:
+				// A release from sold that stopped before removing its
+				// marks: the order has ended, they have done their work.
+				delete(l.Holds, orderID)
+			default:
 				return state.ErrNoChange
 			}
-			giveBack(l, orderID, h)
 			return nil
 		})
 		if err != nil {
@@ -548,8 +597,24 @@ func (st *Stock) completeRelease(ctx context.Context, orderID string, r *ordersv
 				// ledger that lies; never paper over it.
 				return fmt.Errorf("order %s: %s still holds units of a sold reservation", orderID, it.GetSku())
 			}
+			// No entry, from sold: the line is not taken back yet, unless
+			// the release has ended since r was read and its marks are
+			// gone. The record read after this ledger read tells which;
+			// a mark removed in between changes the ledger and fails
+			// this compare-and-set.
+			cur, _, err := st.record(ctx, orderID)
+			if err != nil {
+				return err
+			}
+			if cur.Status != releasing {
+				return errReleaseEnded
+			}
 			return takeBackSold(l, orderID, it, st.now())
 		})
+		if errors.Is(err, errReleaseEnded) {
+			cur, _, err := st.record(ctx, orderID)
+			return cur, err
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -592,6 +657,29 @@ func takeBackSold(l *ordersv1.StockLevel, orderID string, it *ordersv1.OrderItem
 		l.Holds = map[string]*ordersv1.Hold{}
 	}
 	l.Holds[orderID] = &ordersv1.Hold{Quantity: q, State: returned, ReleasedUnix: now.Unix()}
+	return nil
+}
+
+// backoff waits 5ms, then twice as long each time up to 250ms, until its
+// time is up.
+type backoff struct {
+	next     time.Duration
+	deadline time.Time
+}
+
+func newBackoff(limit time.Duration) *backoff {
+	return &backoff{next: 5 * time.Millisecond, deadline: time.Now().Add(limit)}
+}
+
+// wait sleeps the next step, or fails when the time is up or ctx ends.
+func (b *backoff) wait(ctx context.Context) error {
+	if !time.Now().Before(b.deadline) {
+		return context.DeadlineExceeded
+	}
+	if err := sleep(ctx, b.next); err != nil {
+		return err
+	}
+	b.next = min(2*b.next, 250*time.Millisecond)
 	return nil
 }
 

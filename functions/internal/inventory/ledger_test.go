@@ -3,6 +3,7 @@ package inventory
 import (
 	"context"
 	"fmt"
+	"math"
 	"sync"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 
 	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
 	"github.com/orderflow/orderflow/runtime/durable"
+	"github.com/orderflow/orderflow/runtime/function"
 	"github.com/orderflow/orderflow/runtime/runtimetest"
 )
 
@@ -171,51 +173,132 @@ func TestIntentsAreCompletedOnce(t *testing.T) {
 		wantLevel(t, st, "B", 50, 0, 0)
 	}
 	// The RETURNED marks went with the release.
-	for _, sku := range []string{"A", "B"} {
-		ls, _ := Ledgers(ctx, st, sku)
-		for _, l := range ls {
-			if len(l.GetHolds()) != 0 {
-				t.Errorf("%s: entries left after the release: %v", sku, l.GetHolds())
+	noEntries := func() {
+		t.Helper()
+		for _, sku := range []string{"A", "B"} {
+			ls, _ := Ledgers(ctx, st, sku)
+			for _, l := range ls {
+				if len(l.GetHolds()) != 0 {
+					t.Errorf("%s: entries left after the release: %v", sku, l.GetHolds())
+				}
 			}
 		}
 	}
+	noEntries()
+
+	// A releaser that read RELEASING and was delayed until another had
+	// ended the release and removed its marks takes nothing back again.
+	if _, err := st.Reserve(ctx, "o-3", lines); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Sell(ctx, "o-3"); err != nil {
+		t.Fatal(err)
+	}
+	setStatus("o-3", releasing, true)
+	stale, staleRev, err := st.record(ctx, "o-3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := st.Release(ctx, "o-3", "cancelled"); err != nil || r.Status != released {
+		t.Fatalf("release = %v, %v", r, err)
+	}
+	if r, err := st.completeRelease(ctx, "o-3", stale, staleRev); err != nil || r.Status != released {
+		t.Fatalf("stale release = %v, %v; want the ended release", r, err)
+	}
+	wantLevel(t, st, "A", 50, 0, 0)
+	wantLevel(t, st, "B", 50, 0, 0)
+	noEntries()
+
+	// Marks left by a releaser that stopped after RELEASED go with the
+	// next delivery of the release.
+	if _, err := st.Reserve(ctx, "o-4", lines); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Sell(ctx, "o-4"); err != nil {
+		t.Fatal(err)
+	}
+	setStatus("o-4", releasing, true)
+	for _, it := range lines {
+		key, _ := st.homeKey(ctx, it.GetSku(), "o-4")
+		if err := st.ledger(ctx, key, func(l *ordersv1.StockLevel, _ bool) error {
+			return takeBackSold(l, "o-4", it, st.now())
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setStatus("o-4", released, true)
+	if r, err := st.Release(ctx, "o-4", "cancelled"); err != nil || r.Status != released {
+		t.Fatalf("release = %v, %v", r, err)
+	}
+	wantLevel(t, st, "A", 50, 0, 0)
+	wantLevel(t, st, "B", 50, 0, 0)
+	noEntries()
 }
 
 // A transfer interrupted after the giving ledger took the units (a crash)
 // loses nothing: the units count as available meanwhile, and whoever meets
-// it later credits them, once.
+// it later credits them, once, even working from a read taken before the
+// credit and after later transfers.
 func TestInterruptedTransferIsCompleted(t *testing.T) {
 	ctx := context.Background()
 	st, _ := newTestStock(t)
 	now := time.Unix(1_800_000_000, 0)
 	st.now = func() time.Time { return now }
-	if _, err := st.Restock(ctx, "A", 80, ""); err != nil {
+	if _, err := st.Restock(ctx, "A", 160, ""); err != nil {
 		t.Fatal(err)
 	}
 	l, _ := st.layout(ctx, "A")
 	// The first write of a transfer from ledger 0 to ledger 1, then a crash.
 	if err := st.ledger(ctx, l.keys[0], func(lv *ordersv1.StockLevel, _ bool) error {
 		lv.Available -= 5
-		lv.TransfersOut = map[string]*ordersv1.Transfer{"t-1": {To: 1, Quantity: 5, StartedUnix: now.Unix()}}
+		lv.TransferSeq = 1
+		lv.TransfersOut = map[int32]*ordersv1.Transfer{1: {Seq: 1, Quantity: 5, StartedUnix: now.Unix()}}
 		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
-	wantLevel(t, st, "A", 80, 0, 0)
+	wantLevel(t, st, "A", 160, 0, 0)
 	now = now.Add(transferStale + time.Second)
-	ls, err := st.ledgers(ctx, l)
+	stale, err := st.ledgers(ctx, l)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for range 2 { // a second finisher working from the same read credits nothing
-		if err := st.finishTransfers(ctx, l, ls); err != nil {
+		if err := st.finishTransfers(ctx, l, stale); err != nil {
 			t.Fatal(err)
 		}
 	}
-	wantLevel(t, st, "A", 80, 0, 0)
+	wantLevel(t, st, "A", 160, 0, 0)
+	ls, _ := st.ledgers(ctx, l)
+	if got := ls[0].GetTransfersOut(); len(got) != 0 || ls[1].GetAvailable() != 25 || ls[1].GetCredited()[0] != 1 {
+		t.Errorf("after finishing: ledger 0 out %v, ledger 1 available %d credited %v, want none, 25 and {0: 1}", got, ls[1].GetAvailable(), ls[1].GetCredited())
+	}
+
+	// Two more transfers between the same ledgers, the second interrupted;
+	// a finisher still holding the first read credits nothing of them.
+	if moved, err := st.transfer(ctx, l, 0, 1, 3); err != nil || moved != 3 {
+		t.Fatalf("transfer = %d, %v; want 3", moved, err)
+	}
+	if err := st.ledger(ctx, l.keys[0], func(lv *ordersv1.StockLevel, _ bool) error {
+		lv.Available -= 2
+		lv.TransferSeq++
+		lv.TransfersOut = map[int32]*ordersv1.Transfer{1: {Seq: lv.TransferSeq, Quantity: 2, StartedUnix: now.Unix()}}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.finishTransfers(ctx, l, stale); err != nil {
+		t.Fatal(err)
+	}
+	wantLevel(t, st, "A", 160, 0, 0)
+	// A new transfer on the same pair completes the pending one first.
+	if moved, err := st.transfer(ctx, l, 0, 1, 1); err != nil || moved != 1 {
+		t.Fatalf("transfer = %d, %v; want 1", moved, err)
+	}
+	wantLevel(t, st, "A", 160, 0, 0)
 	ls, _ = st.ledgers(ctx, l)
-	if len(ls[0].GetTransfersOut()) != 0 || ls[1].GetAvailable() != 15 {
-		t.Errorf("after finishing: ledger 0 out %v, ledger 1 available %d, want none and 15", ls[0].GetTransfersOut(), ls[1].GetAvailable())
+	if got := ls[0].GetTransfersOut(); len(got) != 0 || ls[1].GetAvailable() != 31 || ls[1].GetCredited()[0] != 4 {
+		t.Errorf("after four transfers: ledger 0 out %v, ledger 1 available %d credited %v, want none, 31 and {0: 4}", got, ls[1].GetAvailable(), ls[1].GetCredited())
 	}
 }
 
@@ -324,4 +407,97 @@ func TestHotSKULedgersStayBounded(t *testing.T) {
 		t.Errorf("ledger 0 at rest: %d entries (%v)", len(rec.GetHolds()), err)
 	}
 	t.Logf("largest ledger seen: %d bytes", maxSize)
+}
+
+// The largest ledger the code can write fits in 4 KiB: 64-byte SKU and
+// order ids, MaxHolds entries, every restock remembered, a transfer out to
+// and a credit from every other ledger, every number at its widest (times
+// in the year 2200).
+func TestWorstCaseLedgerFits(t *testing.T) {
+	at := time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC).Unix()
+	id := func(prefix string, n int) string { return fmt.Sprintf("%s%0*d", prefix, 64-len(prefix), n) }
+	l := &ordersv1.StockLevel{
+		Sku: id("S", 0), Available: math.MaxInt32, Reserved: math.MaxInt32, Sold: math.MaxInt32,
+		Holds: map[string]*ordersv1.Hold{}, Restocks: map[string]int64{},
+		TransfersOut: map[int32]*ordersv1.Transfer{}, Credited: map[int32]uint64{}, TransferSeq: math.MaxUint64,
+	}
+	for n := range MaxHolds {
+		l.Holds[id("o", n)] = &ordersv1.Hold{Quantity: math.MaxInt32, State: returned, Attempt: newAttempt(), ReleasedUnix: at}
+	}
+	for n := range maxRestocks {
+		l.Restocks[sha256Hex(fmt.Sprint(n))] = at
+	}
+	for n := range int32(SubLedgers - 1) {
+		l.TransfersOut[n] = &ordersv1.Transfer{Seq: math.MaxUint64, Quantity: math.MaxInt32, StartedUnix: at}
+		l.Credited[n] = math.MaxUint64
+	}
+	if got := proto.Size(l); got > 4096 {
+		t.Errorf("worst-case ledger: %d bytes, want at most 4096 (lower MaxHolds)", got)
+	} else {
+		t.Logf("worst-case ledger: %d bytes", got)
+	}
+}
+
+// A ledger with MaxHolds orders in flight makes the next reserve at it
+// wait, not grow: it goes ahead as soon as one of them is sold.
+func TestFullLedgerWaitsForRoom(t *testing.T) {
+	ctx := context.Background()
+	st, _ := newTestStock(t)
+	if _, err := st.Restock(ctx, "A", 8000, ""); err != nil {
+		t.Fatal(err)
+	}
+	l, _ := st.layout(ctx, "A")
+	// Order ids that all live at ledger 0.
+	var ids []string
+	for n := 0; len(ids) < MaxHolds+1; n++ {
+		if id := fmt.Sprintf("o-%d", n); l.home(id) == 0 {
+			ids = append(ids, id)
+		}
+	}
+	item := []*ordersv1.OrderItem{{Sku: "A", Quantity: 1}}
+	for _, id := range ids[:MaxHolds] {
+		if _, err := st.Reserve(ctx, id, item); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := st.Reserve(ctx, ids[MaxHolds], item)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("reserve at a full ledger returned at once: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if _, err := st.Sell(ctx, ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("reserve still waiting after a sale made room")
+	}
+	ls, _ := st.ledgers(ctx, l)
+	if got := inFlight(ls[0]); got != MaxHolds {
+		t.Errorf("ledger 0: %d orders in flight, want %d", got, MaxHolds)
+	}
+	wantLevel(t, st, "A", 8000-MaxHolds-1, MaxHolds, 1)
+
+	// One that finds no room in time fails, transiently, holding nothing.
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	var extra string
+	for n := 1_000_000; extra == ""; n++ {
+		if id := fmt.Sprintf("o-%d", n); l.home(id) == 0 {
+			extra = id
+		}
+	}
+	if _, err := st.Reserve(short, extra, item); err == nil || function.IsPermanent(err) {
+		t.Errorf("reserve at a full ledger with no time left = %v, want a transient error", err)
+	}
+	wantLevel(t, st, "A", 8000-MaxHolds-1, MaxHolds, 1)
 }

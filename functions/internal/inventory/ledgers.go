@@ -29,13 +29,6 @@ const SubLedgers = 8
 // completes it: one that old was interrupted (a crash between its writes).
 const transferStale = 5 * time.Second
 
-// creditKept is how long a receiving ledger remembers a transfer it
-// credited. The giving ledger forgets the transfer right after the credit;
-// the credit's record must outlive any finisher that could still be
-// working from a read taken before that (milliseconds), so that nobody
-// credits twice.
-const creditKept = time.Hour
-
 // layout is how a SKU's stock is kept: in SubLedgers ledgers, or, for a SKU
 // stocked before sub-ledgers existed, in its single record "sku.<sku>".
 type layout struct {
@@ -119,8 +112,10 @@ func total(sku string, ls []*ordersv1.StockLevel) (sum *ordersv1.StockLevel, exi
 		sum.Available += l.GetAvailable()
 		sum.Reserved += l.GetReserved()
 		sum.Sold += l.GetSold()
-		for id, t := range l.GetTransfersOut() {
-			if to := int(t.GetTo()); to >= len(ls) || ls[to] == nil || ls[to].GetTransfersIn()[id] == 0 {
+	}
+	for from, l := range ls {
+		for to, t := range l.GetTransfersOut() {
+			if int(to) >= len(ls) || ls[to].GetCredited()[int32(from)] < t.GetSeq() {
 				sum.Available += t.GetQuantity() // on its way, not credited yet
 			}
 		}
@@ -239,10 +234,10 @@ func (st *Stock) restockLedger(ctx context.Context, sku, key string, quantity in
 // borrow moves units into ledger to of a SKU from the others, at least
 // need if they have them, and reports whether they had enough. A transfer
 // is three writes: the giving ledger takes the units and records the
-// transfer, the receiving one credits them under its id (once: the credit
-// is remembered for creditKept), and the giving one forgets it. Whoever
-// meets a transfer older than transferStale finishes it, so a crash between
-// the writes loses nothing.
+// transfer under its next sequence, the receiving one credits them (once:
+// it keeps the last sequence it credited from each giver), and the giving
+// one forgets it. Whoever meets a transfer older than transferStale
+// finishes it, so a crash between the writes loses nothing.
 func (st *Stock) borrow(ctx context.Context, sku string, l layout, to int, need int32) (bool, error) {
 	ls, err := st.ledgers(ctx, l)
 	if err != nil {
@@ -284,50 +279,63 @@ func (st *Stock) borrow(ctx context.Context, sku string, l layout, to int, need 
 }
 
 // transfer moves up to n units from ledger from to ledger to and returns
-// how many it moved.
+// how many it moved. A transfer between the two still pending is
+// completed first: one at a time per pair keeps the credits in order.
 func (st *Stock) transfer(ctx context.Context, l layout, from, to int, n int32) (int32, error) {
-	id := newAttempt()
-	var moved int32
-	err := st.ledger(ctx, l.keys[from], func(lv *ordersv1.StockLevel, _ bool) error {
-		moved = min(n, lv.GetAvailable())
-		if moved <= 0 {
-			return state.ErrNoChange
+	for range 3 {
+		var started, pending *ordersv1.Transfer
+		err := st.ledger(ctx, l.keys[from], func(lv *ordersv1.StockLevel, _ bool) error {
+			started, pending = nil, lv.GetTransfersOut()[int32(to)]
+			moved := min(n, lv.GetAvailable())
+			if pending != nil || moved <= 0 {
+				return state.ErrNoChange
+			}
+			lv.Available -= moved
+			lv.TransferSeq++
+			started = &ordersv1.Transfer{Seq: lv.TransferSeq, Quantity: moved, StartedUnix: st.now().Unix()}
+			if lv.TransfersOut == nil {
+				lv.TransfersOut = map[int32]*ordersv1.Transfer{}
+			}
+			lv.TransfersOut[int32(to)] = started
+			return nil
+		})
+		switch {
+		case err != nil:
+			return 0, err
+		case started != nil:
+			return started.Quantity, st.complete(ctx, l, from, to, started)
+		case pending == nil:
+			return 0, nil // nothing to give
 		}
-		lv.Available -= moved
-		if lv.TransfersOut == nil {
-			lv.TransfersOut = map[string]*ordersv1.Transfer{}
+		if err := st.complete(ctx, l, from, to, pending); err != nil {
+			return 0, err
 		}
-		lv.TransfersOut[id] = &ordersv1.Transfer{To: int32(to), Quantity: moved, StartedUnix: st.now().Unix()}
-		return nil
-	})
-	if err != nil || moved <= 0 {
-		return 0, err
 	}
-	return moved, st.complete(ctx, l, from, id, int32(to), moved)
+	return 0, nil
 }
 
-// complete credits transfer id in its receiving ledger (once) and removes
-// it from its giving ledger.
-func (st *Stock) complete(ctx context.Context, l layout, from int, id string, to, quantity int32) error {
+// complete credits transfer t from ledger from in ledger to, unless it
+// was credited already, and removes it from ledger from.
+func (st *Stock) complete(ctx context.Context, l layout, from, to int, t *ordersv1.Transfer) error {
 	err := st.ledger(ctx, l.keys[to], func(lv *ordersv1.StockLevel, _ bool) error {
-		if _, done := lv.TransfersIn[id]; done {
+		if lv.GetCredited()[int32(from)] >= t.GetSeq() {
 			return state.ErrNoChange
 		}
-		lv.Available += quantity
-		if lv.TransfersIn == nil {
-			lv.TransfersIn = map[string]int64{}
+		lv.Available += t.GetQuantity()
+		if lv.Credited == nil {
+			lv.Credited = map[int32]uint64{}
 		}
-		lv.TransfersIn[id] = st.now().Unix()
+		lv.Credited[int32(from)] = t.GetSeq()
 		return nil
 	})
 	if err != nil {
 		return err
 	}
 	return st.ledger(ctx, l.keys[from], func(lv *ordersv1.StockLevel, _ bool) error {
-		if _, ok := lv.TransfersOut[id]; !ok {
+		if lv.GetTransfersOut()[int32(to)].GetSeq() != t.GetSeq() {
 			return state.ErrNoChange
 		}
-		delete(lv.TransfersOut, id)
+		delete(lv.TransfersOut, int32(to))
 		return nil
 	})
 }
@@ -336,11 +344,11 @@ func (st *Stock) complete(ctx context.Context, l layout, from int, id string, to
 func (st *Stock) finishTransfers(ctx context.Context, l layout, ls []*ordersv1.StockLevel) error {
 	now := st.now()
 	for from, lv := range ls {
-		for id, t := range lv.GetTransfersOut() {
-			if now.Sub(time.Unix(t.GetStartedUnix(), 0)) < transferStale || int(t.GetTo()) >= len(l.keys) {
+		for to, t := range lv.GetTransfersOut() {
+			if now.Sub(time.Unix(t.GetStartedUnix(), 0)) < transferStale || int(to) >= len(l.keys) {
 				continue
 			}
-			if err := st.complete(ctx, l, from, id, t.GetTo(), t.GetQuantity()); err != nil {
+			if err := st.complete(ctx, l, from, int(to), t); err != nil {
 				return err
 			}
 		}

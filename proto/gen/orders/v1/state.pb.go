@@ -100,10 +100,13 @@ type StockLevel struct {
 	// with the Unix time they were applied: a retried restock is found here
 	// and adds nothing. Kept 24 hours, at most 16 per ledger.
 	Restocks map[string]int64 `protobuf:"bytes,6,rep,name=restocks,proto3" json:"restocks,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
-	// Transfers out of this ledger not yet done, and transfers into it
-	// credited, by transfer id (see Transfer).
-	TransfersOut  map[string]*Transfer `protobuf:"bytes,7,rep,name=transfers_out,json=transfersOut,proto3" json:"transfers_out,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	TransfersIn   map[string]int64     `protobuf:"bytes,8,rep,name=transfers_in,json=transfersIn,proto3" json:"transfers_in,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// Transfers out of this ledger not yet done, by the ledger (sub-ledger
+	// index) they go to: at most one at a time to each (see Transfer).
+	TransfersOut map[int32]*Transfer `protobuf:"bytes,10,rep,name=transfers_out,json=transfersOut,proto3" json:"transfers_out,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// By giving ledger, the sequence of the last transfer credited here.
+	Credited map[int32]uint64 `protobuf:"bytes,11,rep,name=credited,proto3" json:"credited,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// The sequence of the last transfer out of this ledger.
+	TransferSeq   uint64 `protobuf:"varint,12,opt,name=transfer_seq,json=transferSeq,proto3" json:"transfer_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -180,18 +183,25 @@ func (x *StockLevel) GetRestocks() map[string]int64 {
 	return nil
 }
 
-func (x *StockLevel) GetTransfersOut() map[string]*Transfer {
+func (x *StockLevel) GetTransfersOut() map[int32]*Transfer {
 	if x != nil {
 		return x.TransfersOut
 	}
 	return nil
 }
 
-func (x *StockLevel) GetTransfersIn() map[string]int64 {
+func (x *StockLevel) GetCredited() map[int32]uint64 {
 	if x != nil {
-		return x.TransfersIn
+		return x.Credited
 	}
 	return nil
+}
+
+func (x *StockLevel) GetTransferSeq() uint64 {
+	if x != nil {
+		return x.TransferSeq
+	}
+	return 0
 }
 
 // Hold is one order's units of a SKU.
@@ -271,13 +281,16 @@ func (x *Hold) GetAttempt() string {
 }
 
 // Transfer is units on their way from one of a SKU's ledgers to another:
-// written in the giving ledger before the units are taken, credited in the
-// receiving one under the same id, and removed from both after.
+// taken from the giving ledger and recorded there with the next sequence
+// of that ledger, credited in the receiving one only if that ledger's
+// credited sequence for the giver is lower (so once), then removed from
+// the giver. A giver starts no transfer to a ledger while one to it is
+// pending, so sequences are credited in order and one number per giver
+// remembers every credit.
 type Transfer struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// The ledger (sub-ledger index) the units go to.
-	To       int32 `protobuf:"varint,1,opt,name=to,proto3" json:"to,omitempty"`
-	Quantity int32 `protobuf:"varint,2,opt,name=quantity,proto3" json:"quantity,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Seq      uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Quantity int32                  `protobuf:"varint,2,opt,name=quantity,proto3" json:"quantity,omitempty"`
 	// When the transfer started (Unix seconds); one older than a few seconds
 	// was interrupted and is completed by whoever meets it.
 	StartedUnix   int64 `protobuf:"varint,3,opt,name=started_unix,json=startedUnix,proto3" json:"started_unix,omitempty"`
@@ -315,9 +328,9 @@ func (*Transfer) Descriptor() ([]byte, []int) {
 	return file_orders_v1_state_proto_rawDescGZIP(), []int{2}
 }
 
-func (x *Transfer) GetTo() int32 {
+func (x *Transfer) GetSeq() uint64 {
 	if x != nil {
-		return x.To
+		return x.Seq
 	}
 	return 0
 }
@@ -676,7 +689,7 @@ var File_orders_v1_state_proto protoreflect.FileDescriptor
 
 const file_orders_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x15orders/v1/state.proto\x12\torders.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19orders/v1/inventory.proto\x1a\x18orders/v1/payments.proto\x1a\x15orders/v1/types.proto\"\x9c\x05\n" +
+	"\x15orders/v1/state.proto\x12\torders.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19orders/v1/inventory.proto\x1a\x18orders/v1/payments.proto\x1a\x15orders/v1/types.proto\"\xbe\x05\n" +
 	"\n" +
 	"StockLevel\x12\x10\n" +
 	"\x03sku\x18\x01 \x01(\tR\x03sku\x12\x1c\n" +
@@ -685,8 +698,10 @@ const file_orders_v1_state_proto_rawDesc = "" +
 	"\x04sold\x18\x04 \x01(\x05R\x04sold\x126\n" +
 	"\x05holds\x18\x05 \x03(\v2 .orders.v1.StockLevel.HoldsEntryR\x05holds\x12?\n" +
 	"\brestocks\x18\x06 \x03(\v2#.orders.v1.StockLevel.RestocksEntryR\brestocks\x12L\n" +
-	"\rtransfers_out\x18\a \x03(\v2'.orders.v1.StockLevel.TransfersOutEntryR\ftransfersOut\x12I\n" +
-	"\ftransfers_in\x18\b \x03(\v2&.orders.v1.StockLevel.TransfersInEntryR\vtransfersIn\x1aI\n" +
+	"\rtransfers_out\x18\n" +
+	" \x03(\v2'.orders.v1.StockLevel.TransfersOutEntryR\ftransfersOut\x12?\n" +
+	"\bcredited\x18\v \x03(\v2#.orders.v1.StockLevel.CreditedEntryR\bcredited\x12!\n" +
+	"\ftransfer_seq\x18\f \x01(\x04R\vtransferSeq\x1aI\n" +
 	"\n" +
 	"HoldsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12%\n" +
@@ -695,18 +710,18 @@ const file_orders_v1_state_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\x1aT\n" +
 	"\x11TransfersOutEntry\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x12)\n" +
-	"\x05value\x18\x02 \x01(\v2\x13.orders.v1.TransferR\x05value:\x028\x01\x1a>\n" +
-	"\x10TransfersInEntry\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\x8d\x01\n" +
+	"\x03key\x18\x01 \x01(\x05R\x03key\x12)\n" +
+	"\x05value\x18\x02 \x01(\v2\x13.orders.v1.TransferR\x05value:\x028\x01\x1a;\n" +
+	"\rCreditedEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\x05R\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01J\x04\b\a\x10\bJ\x04\b\b\x10\t\"\x8d\x01\n" +
 	"\x04Hold\x12\x1a\n" +
 	"\bquantity\x18\x01 \x01(\x05R\bquantity\x12*\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x14.orders.v1.HoldStateR\x05state\x12#\n" +
 	"\rreleased_unix\x18\x03 \x01(\x03R\freleasedUnix\x12\x18\n" +
-	"\aattempt\x18\x04 \x01(\tR\aattempt\"Y\n" +
-	"\bTransfer\x12\x0e\n" +
-	"\x02to\x18\x01 \x01(\x05R\x02to\x12\x1a\n" +
+	"\aattempt\x18\x04 \x01(\tR\aattempt\"[\n" +
+	"\bTransfer\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1a\n" +
 	"\bquantity\x18\x02 \x01(\x05R\bquantity\x12!\n" +
 	"\fstarted_unix\x18\x03 \x01(\x03R\vstartedUnix\"\xbe\x02\n" +
 	"\vReservation\x12\x19\n" +
@@ -774,7 +789,7 @@ var file_orders_v1_state_proto_goTypes = []any{
 	nil,                           // 8: orders.v1.StockLevel.HoldsEntry
 	nil,                           // 9: orders.v1.StockLevel.RestocksEntry
 	nil,                           // 10: orders.v1.StockLevel.TransfersOutEntry
-	nil,                           // 11: orders.v1.StockLevel.TransfersInEntry
+	nil,                           // 11: orders.v1.StockLevel.CreditedEntry
 	nil,                           // 12: orders.v1.Reservation.AttemptsEntry
 	(*OrderItem)(nil),             // 13: orders.v1.OrderItem
 	(ReservationStatus)(0),        // 14: orders.v1.ReservationStatus
@@ -786,7 +801,7 @@ var file_orders_v1_state_proto_depIdxs = []int32{
 	8,  // 0: orders.v1.StockLevel.holds:type_name -> orders.v1.StockLevel.HoldsEntry
 	9,  // 1: orders.v1.StockLevel.restocks:type_name -> orders.v1.StockLevel.RestocksEntry
 	10, // 2: orders.v1.StockLevel.transfers_out:type_name -> orders.v1.StockLevel.TransfersOutEntry
-	11, // 3: orders.v1.StockLevel.transfers_in:type_name -> orders.v1.StockLevel.TransfersInEntry
+	11, // 3: orders.v1.StockLevel.credited:type_name -> orders.v1.StockLevel.CreditedEntry
 	0,  // 4: orders.v1.Hold.state:type_name -> orders.v1.HoldState
 	13, // 5: orders.v1.Reservation.items:type_name -> orders.v1.OrderItem
 	14, // 6: orders.v1.Reservation.status:type_name -> orders.v1.ReservationStatus
