@@ -233,11 +233,13 @@ func (st *Stock) restockLedger(ctx context.Context, sku, key string, quantity in
 
 // borrow moves units into ledger to of a SKU from the others, at least
 // need if they have them, and reports whether they had enough. A transfer
-// is three writes: the giving ledger takes the units and records the
-// transfer under its next sequence, the receiving one credits them (once:
-// it keeps the last sequence it credited from each giver), and the giving
-// one forgets it. Whoever meets a transfer older than transferStale
-// finishes it, so a crash between the writes loses nothing.
+// is two writes: the giving ledger takes the units and records the
+// transfer under its next sequence, and the receiving one credits them
+// (once: it keeps the last sequence it credited from each giver). The
+// giver forgets the transfer in its next transfer to the same ledger, once
+// it has seen the credit; a transfer not credited after transferStale is
+// finished by whoever meets it, so a crash between the writes loses
+// nothing.
 func (st *Stock) borrow(ctx context.Context, sku string, l layout, to int, need int32) (bool, error) {
 	ls, err := st.ledgers(ctx, l)
 	if err != nil {
@@ -263,7 +265,7 @@ func (st *Stock) borrow(ctx context.Context, sku string, l layout, to int, need 
 		// Half of what the donor has, at least what is needed: the next
 		// orders at this home will not have to borrow at once.
 		n := max(need, ls[donor].GetAvailable()/2)
-		moved, err := st.transfer(ctx, l, donor, to, n)
+		moved, err := st.transfer(ctx, l, ls[to], donor, to, n)
 		if err != nil {
 			return false, err
 		}
@@ -279,13 +281,21 @@ func (st *Stock) borrow(ctx context.Context, sku string, l layout, to int, need 
 }
 
 // transfer moves up to n units from ledger from to ledger to and returns
-// how many it moved. A transfer between the two still pending is
-// completed first: one at a time per pair keeps the credits in order.
-func (st *Stock) transfer(ctx context.Context, l layout, from, to int, n int32) (int32, error) {
+// how many it moved; receiver is ledger to as read before (or nil). A
+// transfer between the two still pending is completed first, or, when
+// receiver shows its credit, forgotten in the same write: one at a time
+// per pair keeps the credits in order.
+func (st *Stock) transfer(ctx context.Context, l layout, receiver *ordersv1.StockLevel, from, to int, n int32) (int32, error) {
 	for range 3 {
 		var started, pending *ordersv1.Transfer
 		err := st.ledger(ctx, l.keys[from], func(lv *ordersv1.StockLevel, _ bool) error {
 			started, pending = nil, lv.GetTransfersOut()[int32(to)]
+			if pending != nil && credited(receiver, from, pending) {
+				// Credits only grow: what an earlier read shows
+				// credited stays credited.
+				delete(lv.TransfersOut, int32(to))
+				pending = nil
+			}
 			moved := min(n, lv.GetAvailable())
 			if pending != nil || moved <= 0 {
 				return state.ErrNoChange
@@ -303,7 +313,7 @@ func (st *Stock) transfer(ctx context.Context, l layout, from, to int, n int32) 
 		case err != nil:
 			return 0, err
 		case started != nil:
-			return started.Quantity, st.complete(ctx, l, from, to, started)
+			return started.Quantity, st.credit(ctx, l, from, to, started)
 		case pending == nil:
 			return 0, nil // nothing to give
 		}
@@ -314,21 +324,16 @@ func (st *Stock) transfer(ctx context.Context, l layout, from, to int, n int32) 
 	return 0, nil
 }
 
+// credited reports whether receiver has credited transfer t from ledger
+// from.
+func credited(receiver *ordersv1.StockLevel, from int, t *ordersv1.Transfer) bool {
+	return receiver.GetCredited()[int32(from)] >= t.GetSeq()
+}
+
 // complete credits transfer t from ledger from in ledger to, unless it
 // was credited already, and removes it from ledger from.
 func (st *Stock) complete(ctx context.Context, l layout, from, to int, t *ordersv1.Transfer) error {
-	err := st.ledger(ctx, l.keys[to], func(lv *ordersv1.StockLevel, _ bool) error {
-		if lv.GetCredited()[int32(from)] >= t.GetSeq() {
-			return state.ErrNoChange
-		}
-		lv.Available += t.GetQuantity()
-		if lv.Credited == nil {
-			lv.Credited = map[int32]uint64{}
-		}
-		lv.Credited[int32(from)] = t.GetSeq()
-		return nil
-	})
-	if err != nil {
+	if err := st.credit(ctx, l, from, to, t); err != nil {
 		return err
 	}
 	return st.ledger(ctx, l.keys[from], func(lv *ordersv1.StockLevel, _ bool) error {
@@ -340,12 +345,30 @@ func (st *Stock) complete(ctx context.Context, l layout, from, to int, t *orders
 	})
 }
 
-// finishTransfers completes the interrupted transfers among ls.
+// credit credits transfer t from ledger from in ledger to, unless it was
+// credited already.
+func (st *Stock) credit(ctx context.Context, l layout, from, to int, t *ordersv1.Transfer) error {
+	return st.ledger(ctx, l.keys[to], func(lv *ordersv1.StockLevel, _ bool) error {
+		if lv.GetCredited()[int32(from)] >= t.GetSeq() {
+			return state.ErrNoChange
+		}
+		lv.Available += t.GetQuantity()
+		if lv.Credited == nil {
+			lv.Credited = map[int32]uint64{}
+		}
+		lv.Credited[int32(from)] = t.GetSeq()
+		return nil
+	})
+}
+
+// finishTransfers completes the interrupted transfers among ls: those
+// not credited yet (a credited one is forgotten by the giver's next
+// transfer to the same ledger).
 func (st *Stock) finishTransfers(ctx context.Context, l layout, ls []*ordersv1.StockLevel) error {
 	now := st.now()
 	for from, lv := range ls {
 		for to, t := range lv.GetTransfersOut() {
-			if now.Sub(time.Unix(t.GetStartedUnix(), 0)) < transferStale || int(to) >= len(l.keys) {
+			if now.Sub(time.Unix(t.GetStartedUnix(), 0)) < transferStale || int(to) >= len(l.keys) || credited(ls[to], from, t) {
 				continue
 			}
 			if err := st.complete(ctx, l, from, int(to), t); err != nil {
