@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -124,7 +125,7 @@ func run(ctx context.Context, o options, log io.Writer) (Result, error) {
 	perSKU := int32(math.Ceil(float64(o.orders*o.qty*o.lines)/float64(o.skus))) + 1
 	for i := range skus {
 		skus[i] = fmt.Sprintf("%s-%d", o.prefix, i)
-		if err := request(ctx, nc, "inventory.restock", &ordersv1.RestockRequest{Sku: skus[i], Quantity: perSKU}, &ordersv1.RestockResponse{}, nil); err != nil {
+		if err := restock(ctx, nc, skus[i], perSKU, o.runID); err != nil {
 			return Result{}, fmt.Errorf("restock: %w", err)
 		}
 	}
@@ -260,6 +261,22 @@ func run(ctx context.Context, o options, log io.Writer) (Result, error) {
 
 // request sends a protobuf request and decodes the reply; a micro error
 // reply is an error.
+// restock adds units of sku as a careful client does: with an
+// Idempotency-Key, asked again while the answer is "not right now" (a
+// 503, or no answer: a leader election), so it adds exactly once.
+func restock(ctx context.Context, nc *nats.Conn, sku string, quantity int32, runID string) error {
+	hdr := nats.Header{"Idempotency-Key": []string{runID + "-restock-" + sku}}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		err := request(ctx, nc, "inventory.restock", &ordersv1.RestockRequest{Sku: sku, Quantity: quantity}, &ordersv1.RestockResponse{}, hdr)
+		transient := err != nil && (strings.Contains(err.Error(), ": 503 ") || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders))
+		if !transient || time.Now().After(deadline) || ctx.Err() != nil {
+			return err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 func request(ctx context.Context, nc *nats.Conn, subject string, req, resp proto.Message, hdr nats.Header) error {
 	data, err := proto.Marshal(req)
 	if err != nil {

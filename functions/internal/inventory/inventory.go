@@ -49,6 +49,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	mathrand "math/rand/v2"
 	"slices"
 	"strings"
 	"time"
@@ -308,32 +309,41 @@ func (st *Stock) hold(ctx context.Context, orderID string, it *ordersv1.OrderIte
 			return owner, err
 		}
 		// The home is short (or not written yet): borrow from the SKU's
-		// other ledgers, if they have the units, and try again. A SKU that
-		// reads as missing right after a server restart may not be
-		// missing: that, too, gets another look before a rejection.
-		if try > 4 {
-			return "", err
-		}
+		// other ledgers, if they have the units, and try again.
 		enough, berr := st.borrow(ctx, it.GetSku(), l, home, it.GetQuantity()-avail)
 		if berr != nil {
 			return "", berr
 		}
 		if !enough {
-			if !exists && try == 1 {
-				if err := sleep(ctx, 20*time.Millisecond); err != nil {
-					return "", err
-				}
-				continue
-			}
-			if sum, lerr := st.Level(ctx, it.GetSku()); lerr == nil {
-				return "", errShort{reason: fmt.Sprintf("insufficient stock for %s: %d available, %d requested", it.GetSku(), sum.GetAvailable(), it.GetQuantity())}
-			} else if errors.Is(lerr, function.ErrNotFound) {
+			// A rejection is final, so it rests on the whole SKU read
+			// afresh: a SKU that reads as missing right after a server
+			// restart gets another look, and units that are on the move
+			// or were taken from under the borrow are tried again.
+			sum, lerr := st.Level(ctx, it.GetSku())
+			switch {
+			case errors.Is(lerr, function.ErrNotFound) && !exists && try == 1:
+			case errors.Is(lerr, function.ErrNotFound):
 				return "", errShort{reason: fmt.Sprintf("unknown SKU %s", it.GetSku()), unknown: true}
+			case lerr != nil:
+				return "", lerr
+			case sum.GetAvailable() < it.GetQuantity():
+				return "", errShort{reason: fmt.Sprintf("insufficient stock for %s: %d available, %d requested", it.GetSku(), sum.GetAvailable(), it.GetQuantity())}
 			}
-			return "", err
+			if err := sleep(ctx, time.Duration(1+mathrand.IntN(10*try))*time.Millisecond); err != nil {
+				return "", err
+			}
+		}
+		if try >= maxHoldTries {
+			// Enough units in all, never at hand: others keep taking
+			// them. Not a rejection; the reserve is retried.
+			return "", fmt.Errorf("%s: %d tries to hold %d units that others kept taking", it.GetSku(), try, it.GetQuantity())
 		}
 	}
 }
+
+// maxHoldTries bounds the rounds of borrowing a hold makes before it gives
+// up for now.
+const maxHoldTries = 20
 
 // inFlight counts the entries of orders in flight at l (tombstones of the
 // old layout are not: they go by age).

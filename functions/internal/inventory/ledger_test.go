@@ -264,7 +264,7 @@ func TestInterruptedTransferIsCompleted(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 2 { // a second finisher working from the same read credits nothing
-		if err := st.finishTransfers(ctx, l, stale); err != nil {
+		if err := st.finishTransfers(ctx, l, stale, false); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -287,7 +287,7 @@ func TestInterruptedTransferIsCompleted(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.finishTransfers(ctx, l, stale); err != nil {
+	if err := st.finishTransfers(ctx, l, stale, false); err != nil {
 		t.Fatal(err)
 	}
 	wantLevel(t, st, "A", 160, 0, 0)
@@ -513,4 +513,86 @@ func TestFullLedgerWaitsForRoom(t *testing.T) {
 		t.Errorf("reserve at a full ledger with no time left = %v, want a transient error", err)
 	}
 	wantLevel(t, st, "A", 8000-MaxHolds-1, MaxHolds, 1)
+}
+
+// Stock exactly as large as the demand, taken by many orders at once from
+// 8 ledgers that must lend to each other near the end: every order gets
+// its unit (a rejection is final, so it never rests on units merely on the
+// move), and only the next one is rejected.
+func TestSellOutRejectsNoOneEarly(t *testing.T) {
+	ctx := context.Background()
+	st, _ := newTestStock(t)
+	const units, workers = 1000, 64
+	if _, err := st.Restock(ctx, "LAST", units, ""); err != nil {
+		t.Fatal(err)
+	}
+	next := make(chan int)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var refused []string
+	for range workers {
+		wg.Go(func() {
+			for i := range next {
+				r, err := st.Reserve(ctx, fmt.Sprintf("o-%d", i), []*ordersv1.OrderItem{{Sku: "LAST", Quantity: 1}})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if r.Status != reserved {
+					mu.Lock()
+					refused = append(refused, r.Reason)
+					mu.Unlock()
+					continue
+				}
+				if _, err := st.Sell(ctx, r.OrderId); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	for i := range units {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	if len(refused) > 0 {
+		t.Fatalf("%d of %d orders rejected with %d units: %v", len(refused), units, units, refused)
+	}
+	wantLevel(t, st, "LAST", 0, 0, units)
+	if r, err := st.Reserve(ctx, "one-too-many", []*ordersv1.OrderItem{{Sku: "LAST", Quantity: 1}}); err != nil || r.Status != rejected {
+		t.Errorf("order past the stock = %v, %v; want REJECTED", r, err)
+	}
+}
+
+// When the only units left are on their way between ledgers (transfers
+// not credited yet, too fresh to be taken for interrupted), an order still
+// gets one: a rejection never rests on units merely on the move.
+func TestUnitsInTransitAreNotShort(t *testing.T) {
+	ctx := context.Background()
+	st, _ := newTestStock(t)
+	if _, err := st.Restock(ctx, "T", SubLedgers, ""); err != nil {
+		t.Fatal(err)
+	}
+	l, _ := st.layout(ctx, "T")
+	// Ledgers 1..7 each send their unit to ledger 0 and stop before the
+	// credit.
+	for n := 1; n < SubLedgers; n++ {
+		if err := st.ledger(ctx, l.keys[n], func(lv *ordersv1.StockLevel, _ bool) error {
+			lv.Available--
+			lv.TransferSeq++
+			lv.TransfersOut = map[int32]*ordersv1.Transfer{0: {Seq: lv.TransferSeq, Quantity: 1, StartedUnix: st.now().Unix()}}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantLevel(t, st, "T", SubLedgers, 0, 0)
+	for n := range SubLedgers {
+		r, err := st.Reserve(ctx, fmt.Sprintf("o-%d", n), []*ordersv1.OrderItem{{Sku: "T", Quantity: 1}})
+		if err != nil || r.Status != reserved {
+			t.Fatalf("order %d of %d units = %v, %v; want RESERVED", n+1, SubLedgers, r, err)
+		}
+	}
+	wantLevel(t, st, "T", 0, SubLedgers, 0)
 }

@@ -245,19 +245,32 @@ func (st *Stock) borrow(ctx context.Context, sku string, l layout, to int, need 
 	if err != nil {
 		return false, err
 	}
-	if err := st.finishTransfers(ctx, l, ls); err != nil {
+	if err := st.finishTransfers(ctx, l, ls, false); err != nil {
 		return false, err
 	}
 	sum, _ := total(sku, ls)
 	if sum.Available < need {
 		return false, nil
 	}
+	forced := false
 	for need > 0 {
 		donor := -1
 		for n, lv := range ls {
 			if n != to && lv != nil && lv.GetAvailable() > 0 && (donor < 0 || lv.GetAvailable() > ls[donor].GetAvailable()) {
 				donor = n
 			}
+		}
+		if donor < 0 && !forced {
+			// Nothing at hand: units on their way between other ledgers
+			// are credited now (a credit is safe at any time), then read.
+			forced = true
+			if err := st.finishTransfers(ctx, l, ls, true); err != nil {
+				return false, err
+			}
+			if ls, err = st.ledgers(ctx, l); err != nil {
+				return false, err
+			}
+			continue
 		}
 		if donor < 0 {
 			return false, nil // taken meanwhile
@@ -363,12 +376,12 @@ func (st *Stock) credit(ctx context.Context, l layout, from, to int, t *ordersv1
 
 // finishTransfers completes the interrupted transfers among ls: those
 // not credited yet (a credited one is forgotten by the giver's next
-// transfer to the same ledger).
-func (st *Stock) finishTransfers(ctx context.Context, l layout, ls []*ordersv1.StockLevel) error {
+// transfer to the same ledger), older than transferStale unless all.
+func (st *Stock) finishTransfers(ctx context.Context, l layout, ls []*ordersv1.StockLevel, all bool) error {
 	now := st.now()
 	for from, lv := range ls {
 		for to, t := range lv.GetTransfersOut() {
-			if now.Sub(time.Unix(t.GetStartedUnix(), 0)) < transferStale || int(to) >= len(l.keys) || credited(ls[to], from, t) {
+			if !all && now.Sub(time.Unix(t.GetStartedUnix(), 0)) < transferStale || int(to) >= len(l.keys) || credited(ls[to], from, t) {
 				continue
 			}
 			if err := st.complete(ctx, l, from, int(to), t); err != nil {
