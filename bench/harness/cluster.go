@@ -169,7 +169,7 @@ func runCluster(o options, b bins, dir string, clients int) (clusterResult, erro
 	if err != nil {
 		return res, err
 	}
-	defer func() { _ = host.Process.Signal(syscall.SIGTERM); _ = host.Wait() }()
+	defer stopProcess(host)
 	gen := loadGen(b, url, o.skus)
 	load := func(args ...string) (loadResult, error) {
 		var r loadResult

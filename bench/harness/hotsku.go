@@ -4,11 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 
 	"github.com/nats-io/nats.go"
 )
@@ -94,29 +92,16 @@ func runHot(o options, b bins, dir string, clients int) (hotResult, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return res, err
 	}
-	port, err := freePort()
+	srv, url, err := startServer(b, dir, "hot", true)
 	if err != nil {
 		return res, err
 	}
-	conf, err := serverConf(dir, port, true)
-	if err != nil {
-		return res, err
-	}
-	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
-	logf("[hot] nats-server -c %s", conf)
-	srv := exec.Command(b.server, "-c", conf)
-	if err := srv.Start(); err != nil {
-		return res, err
-	}
-	defer func() { _ = srv.Process.Signal(syscall.SIGTERM); _ = srv.Wait() }()
-	if err := waitNATS(url); err != nil {
-		return res, err
-	}
+	defer stopProcess(srv)
 	host, _, err := startHost(b, url, o.workers, "LOG_LEVEL=warn")
 	if err != nil {
 		return res, err
 	}
-	defer func() { _ = host.Process.Signal(syscall.SIGTERM); _ = host.Wait() }()
+	defer stopProcess(host)
 
 	// Every value written to the stock bucket passes here: a KV put is a
 	// publish on $KV.stock.<key>.

@@ -264,29 +264,46 @@ func serverConf(dir string, port int, always bool) (string, error) {
 	return conf, os.WriteFile(conf, []byte(strings.Join(out, "\n")), 0o644)
 }
 
+// startServer starts a nats-server from nats.conf with its store in dir
+// and waits until it answers; label names it in the log.
+func startServer(b bins, dir, label string, syncAlways bool) (*exec.Cmd, string, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, "", err
+	}
+	conf, err := serverConf(dir, port, syncAlways)
+	if err != nil {
+		return nil, "", err
+	}
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	logf("[%s] nats-server -c %s", label, conf)
+	srv := exec.Command(b.server, "-c", conf)
+	if err := srv.Start(); err != nil {
+		return nil, "", err
+	}
+	if err := waitNATS(url); err != nil {
+		stopProcess(srv)
+		return nil, "", err
+	}
+	return srv, url, nil
+}
+
+// stopProcess ends a process the harness started and waits for it.
+func stopProcess(cmd *exec.Cmd) {
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	_ = cmd.Wait()
+}
+
 func runMode(o options, b bins, dir, mode string) (modeResult, error) {
 	res := modeResult{Mode: mode, SyncAlways: mode == "always", WritesPer: map[string]float64{}}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return res, err
 	}
-	port, err := freePort()
+	srv, url, err := startServer(b, dir, mode, res.SyncAlways)
 	if err != nil {
 		return res, err
 	}
-	conf, err := serverConf(dir, port, res.SyncAlways)
-	if err != nil {
-		return res, err
-	}
-	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
-	logf("[%s] nats-server -c %s", mode, conf)
-	srv := exec.Command(b.server, "-c", conf)
-	if err := srv.Start(); err != nil {
-		return res, err
-	}
-	defer func() { _ = srv.Process.Signal(syscall.SIGTERM); _ = srv.Wait() }()
-	if err := waitNATS(url); err != nil {
-		return res, err
-	}
+	defer stopProcess(srv)
 
 	cli := natsCLI(b, url, dir)
 	msgs := strconv.Itoa(o.rawMsgs)
@@ -325,7 +342,7 @@ func runMode(o options, b bins, dir, mode string) (modeResult, error) {
 	if err != nil {
 		return res, err
 	}
-	defer func() { _ = host.Process.Signal(syscall.SIGTERM); _ = host.Wait() }()
+	defer stopProcess(host)
 	time.Sleep(2 * time.Second)
 	res.IdleRSSMB = rssMB(host.Process.Pid)
 

@@ -401,57 +401,53 @@ func giveBack(l *ordersv1.StockLevel, orderID string, h *ordersv1.Hold) {
 	delete(l.Holds, orderID)
 }
 
-// dropStrays gives back the holds of a reserved or sold order that its
-// record did not adopt.
-func (st *Stock) dropStrays(ctx context.Context, orderID string, r *ordersv1.Reservation) error {
-	for _, it := range r.GetItems() {
+// eachLine applies fn, with compare-and-set, to the home ledger of each of
+// the order's lines in turn.
+func (st *Stock) eachLine(ctx context.Context, orderID string, items []*ordersv1.OrderItem, fn func(l *ordersv1.StockLevel, it *ordersv1.OrderItem) error) error {
+	for _, it := range items {
 		key, err := st.homeKey(ctx, it.GetSku(), orderID)
 		if err != nil {
 			return err
 		}
-		err = st.ledger(ctx, key, func(l *ordersv1.StockLevel, _ bool) error {
-			h, ok := l.Holds[orderID]
-			if !ok || !stray(h, r, it.GetSku()) {
-				return state.ErrNoChange
-			}
-			giveBack(l, orderID, h)
-			return nil
-		})
-		if err != nil {
+		if err := st.ledger(ctx, key, func(l *ordersv1.StockLevel, _ bool) error { return fn(l, it) }); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
+// dropStrays gives back the holds of a reserved or sold order that its
+// record did not adopt.
+func (st *Stock) dropStrays(ctx context.Context, orderID string, r *ordersv1.Reservation) error {
+	return st.eachLine(ctx, orderID, r.GetItems(), func(l *ordersv1.StockLevel, it *ordersv1.OrderItem) error {
+		h, ok := l.Holds[orderID]
+		if !ok || !stray(h, r, it.GetSku()) {
+			return state.ErrNoChange
+		}
+		giveBack(l, orderID, h)
+		return nil
+	})
+}
+
 // cleanup gives back the order's HELD units for an order whose record is
 // final without them (rejected, released): a reserve that lost the race
 // placed them.
 func (st *Stock) cleanup(ctx context.Context, orderID string, items []*ordersv1.OrderItem) error {
-	for _, it := range items {
-		key, err := st.homeKey(ctx, it.GetSku(), orderID)
-		if err != nil {
-			return err
+	return st.eachLine(ctx, orderID, items, func(l *ordersv1.StockLevel, _ *ordersv1.OrderItem) error {
+		h, ok := l.Holds[orderID]
+		switch {
+		case ok && h.State == held:
+			giveBack(l, orderID, h)
+		case ok && h.State == returned:
+			// The release from sold has ended: the marks have done their
+			// work (also those of a releaser that stopped before removing
+			// them).
+			delete(l.Holds, orderID)
+		default:
+			return state.ErrNoChange
 		}
-		err = st.ledger(ctx, key, func(l *ordersv1.StockLevel, _ bool) error {
-			h, ok := l.Holds[orderID]
-			switch {
-			case ok && h.State == held:
-				giveBack(l, orderID, h)
-			case ok && h.State == returned:
-				// A release from sold that stopped before removing its
-				// marks: the order has ended, they have done their work.
-				delete(l.Holds, orderID)
-			default:
-				return state.ErrNoChange
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // Sell moves a reservation's units from reserved to sold.
@@ -493,28 +489,22 @@ func (st *Stock) Sell(ctx context.Context, orderID string) (*ordersv1.Reservatio
 // to sold and records SOLD. A line whose entry is gone was sold already:
 // nothing else could have taken it while the record says SELLING.
 func (st *Stock) completeSale(ctx context.Context, orderID string, r *ordersv1.Reservation, rev uint64) (*ordersv1.Reservation, error) {
-	for _, it := range r.GetItems() {
-		key, err := st.homeKey(ctx, it.GetSku(), orderID)
-		if err != nil {
-			return nil, err
-		}
-		err = st.ledger(ctx, key, func(l *ordersv1.StockLevel, _ bool) error {
-			h, ok := l.Holds[orderID]
-			switch {
-			case !ok || h.State != held:
-				return state.ErrNoChange // sold already
-			case stray(h, r, it.GetSku()):
-				giveBack(l, orderID, h) // a late duplicate's: ours was sold already
-				return nil
-			}
-			l.Reserved -= h.Quantity
-			l.Sold += h.Quantity
-			delete(l.Holds, orderID)
+	err := st.eachLine(ctx, orderID, r.GetItems(), func(l *ordersv1.StockLevel, it *ordersv1.OrderItem) error {
+		h, ok := l.Holds[orderID]
+		switch {
+		case !ok || h.State != held:
+			return state.ErrNoChange // sold already
+		case stray(h, r, it.GetSku()):
+			giveBack(l, orderID, h) // a late duplicate's: ours was sold already
 			return nil
-		})
-		if err != nil {
-			return nil, err
 		}
+		l.Reserved -= h.Quantity
+		l.Sold += h.Quantity
+		delete(l.Holds, orderID)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	r.Status = sold
 	if _, err := st.s.Put(ctx, reservationKey(orderID), r, rev); err != nil {
@@ -581,75 +571,53 @@ func (st *Stock) Release(ctx context.Context, orderID, reason string) (*ordersv1
 // is gone was given back already; from sold, a line given back is marked
 // RETURNED until the release ends.
 func (st *Stock) completeRelease(ctx context.Context, orderID string, r *ordersv1.Reservation, rev uint64) (*ordersv1.Reservation, error) {
-	for _, it := range r.GetItems() {
-		key, err := st.homeKey(ctx, it.GetSku(), orderID)
-		if err != nil {
-			return nil, err
+	err := st.eachLine(ctx, orderID, r.GetItems(), func(l *ordersv1.StockLevel, it *ordersv1.OrderItem) error {
+		h, ok := l.Holds[orderID]
+		changed := false
+		if ok && stray(h, r, it.GetSku()) { // a late duplicate's hold: give it back too
+			giveBack(l, orderID, h)
+			ok, changed = false, true
 		}
-		err = st.ledger(ctx, key, func(l *ordersv1.StockLevel, _ bool) error {
-			h, ok := l.Holds[orderID]
-			changed := false
-			if ok && stray(h, r, it.GetSku()) { // a late duplicate's hold: give it back too
-				giveBack(l, orderID, h)
-				ok, changed = false, true
-			}
-			switch {
-			case !r.GetFromSold() && ok && h.State == held:
-				giveBack(l, orderID, h)
+		switch {
+		case !r.GetFromSold() && ok && h.State == held:
+			giveBack(l, orderID, h)
+			return nil
+		case !r.GetFromSold(), ok && (h.State == returned || h.State == tomb):
+			if changed {
 				return nil
-			case !r.GetFromSold(), ok && (h.State == returned || h.State == tomb):
-				if changed {
-					return nil
-				}
-				return state.ErrNoChange // done already
-			case ok:
-				// From sold, every adopted hold was sold: a HELD one left is a
-				// ledger that lies; never paper over it.
-				return fmt.Errorf("order %s: %s still holds units of a sold reservation", orderID, it.GetSku())
 			}
-			// No entry, from sold: the line is not taken back yet, unless
-			// the release has ended since r was read and its marks are
-			// gone. The record read after this ledger read tells which;
-			// a mark removed in between changes the ledger and fails
-			// this compare-and-set.
-			cur, _, err := st.record(ctx, orderID)
-			if err != nil {
-				return err
-			}
-			if cur.Status != releasing {
-				return errReleaseEnded
-			}
-			return takeBackSold(l, orderID, it, st.now())
-		})
-		if errors.Is(err, errReleaseEnded) {
-			cur, _, err := st.record(ctx, orderID)
-			return cur, err
+			return state.ErrNoChange // done already
+		case ok:
+			// From sold, every adopted hold was sold: a HELD one left is a
+			// ledger that lies; never paper over it.
+			return fmt.Errorf("order %s: %s still holds units of a sold reservation", orderID, it.GetSku())
 		}
+		// No entry, from sold: the line is not taken back yet, unless the
+		// release has ended since r was read and its marks are gone. The
+		// record read after this ledger read tells which; a mark removed
+		// in between changes the ledger and fails this compare-and-set.
+		cur, _, err := st.record(ctx, orderID)
 		if err != nil {
-			return nil, err
+			return err
 		}
+		if cur.Status != releasing {
+			return errReleaseEnded
+		}
+		return takeBackSold(l, orderID, it, st.now())
+	})
+	if errors.Is(err, errReleaseEnded) {
+		cur, _, err := st.record(ctx, orderID)
+		return cur, err
+	}
+	if err != nil {
+		return nil, err
 	}
 	r.Status = released
 	if _, err := st.s.Put(ctx, reservationKey(orderID), r, rev); err != nil {
 		return nil, err
 	}
 	if r.GetFromSold() {
-		// The release has ended: the marks have done their work.
-		for _, it := range r.GetItems() {
-			key, err := st.homeKey(ctx, it.GetSku(), orderID)
-			if err != nil {
-				return nil, err
-			}
-			if err := st.ledger(ctx, key, func(l *ordersv1.StockLevel, _ bool) error {
-				if h, ok := l.Holds[orderID]; !ok || h.State != returned {
-					return state.ErrNoChange
-				}
-				delete(l.Holds, orderID)
-				return nil
-			}); err != nil {
-				return nil, err
-			}
-		}
+		return r, st.cleanup(ctx, orderID, r.GetItems())
 	}
 	return r, nil
 }
