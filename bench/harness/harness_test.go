@@ -1,6 +1,10 @@
 package main
 
-import "testing"
+import (
+	"os"
+	"testing"
+	"time"
+)
 
 func TestParseBench(t *testing.T) {
 	tests := []struct {
@@ -22,5 +26,19 @@ func TestParseBench(t *testing.T) {
 	}
 	if _, err := parseBench("nothing here"); err == nil {
 		t.Error("parseBench accepted output without a rate")
+	}
+}
+
+func TestProbeFsync(t *testing.T) {
+	dir := t.TempDir()
+	got, err := probeFsync(dir, 2, 200*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Files != 2 || got.PerS <= 0 {
+		t.Errorf("probeFsync = %+v, want 2 files and a rate", got)
+	}
+	if left, _ := os.ReadDir(dir); len(left) != 0 {
+		t.Errorf("probe left %d files", len(left))
 	}
 }

@@ -37,6 +37,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// orderStreams is how many streams an order's writes go to: ORDERS,
+// KV_stock and KV_gateway (KV_payments only when a charge is retried).
+const orderStreams = 3
+
 type options struct {
 	out, svg string
 	levels   []int
@@ -126,6 +130,11 @@ func run(o options) error {
 		return err
 	}
 	rep := report{Machine: machine(), Options: o}
+	// The disk's own limit first, while nothing else runs: one file, the
+	// streams an order writes (ORDERS, KV_stock, KV_gateway), and more.
+	if rep.Disk, err = probeDisk(tmp, []int{1, orderStreams, 8, 32}); err != nil {
+		return err
+	}
 	for _, mode := range o.modes {
 		m, err := runMode(o, b, filepath.Join(tmp, mode), mode)
 		if err != nil {
