@@ -22,7 +22,7 @@ func TestTrackerMatchesEarlyAndLateEnds(t *testing.T) {
 	if got := tr.e2e.Max(); got < 9000 || got > 11000 {
 		t.Errorf("max end-to-end %dµs, want about 10ms", got)
 	}
-	if orderOf("ORDER.o-9.stock_sold") != "o-9" || orderOf("nope") != "" {
+	if orderOf("ORDER.17.o-9.stock_sold") != "o-9" || orderOf("nope") != "" {
 		t.Error("orderOf")
 	}
 }

@@ -53,13 +53,13 @@ func newTracker() *tracker {
 	}
 }
 
-// orderOf is the order id of an event subject, ORDER.<id>.<event>.
+// orderOf is the order id of an event subject, ORDER.<slot>.<id>.<event>.
 func orderOf(subject string) string {
 	parts := strings.Split(subject, ".")
-	if len(parts) != 3 {
+	if len(parts) != 4 {
 		return ""
 	}
-	return parts[1]
+	return parts[2]
 }
 
 // end records that an order ended.
@@ -113,7 +113,7 @@ func run(ctx context.Context, o options, log io.Writer) (Result, error) {
 	// The events that end an order: StockSold confirms it, StockRejected
 	// rejects it, StockReleased cancels it.
 	for ev, status := range map[string]string{"stock_sold": "confirmed", "stock_rejected": "rejected", "stock_released": "cancelled"} {
-		sub, err := nc.Subscribe("ORDER.*."+ev, func(m *nats.Msg) { tr.end(orderOf(m.Subject), status, time.Now()) })
+		sub, err := nc.Subscribe("ORDER.*.*."+ev, func(m *nats.Msg) { tr.end(orderOf(m.Subject), status, time.Now()) })
 		if err != nil {
 			return Result{}, err
 		}

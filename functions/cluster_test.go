@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/orderflow/orderflow/functions/internal/inventory"
 	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
 	"github.com/orderflow/orderflow/runtime/durable"
 	"github.com/orderflow/orderflow/runtime/runtimetest"
@@ -224,8 +225,10 @@ func TestClusterFaults(t *testing.T) {
 	}{
 		// Down longer, so that it has more to catch up on when it returns.
 		{"the node host B is pinned to", func() *clusterNode { return nodes[0] }, 2 * down},
-		{"the leader of KV_stock", func() *clusterNode { return byName(leaderOf(durable.BucketStream("stock"))) }, down},
-		{"the leader of ORDERS", func() *clusterNode { return byName(leaderOf(durable.EventStream)) }, down},
+		{"the leader of KV_stock_0", func() *clusterNode {
+			return byName(leaderOf(durable.BucketStream(layout().Buckets(inventory.Bucket)[0])))
+		}, down},
+		{"the leader of ORDERS_0", func() *clusterNode { return byName(leaderOf(orderStreams()[0])) }, down},
 		{"the meta leader", func() *clusterNode { return byName(metaLeader(nodes)) }, down},
 	}
 	// Then every node not killed yet, so that each is killed at least once.
@@ -280,7 +283,11 @@ func TestClusterFaults(t *testing.T) {
 
 	// Everything the hosts created is R3.
 	ctx := context.Background()
-	for _, name := range []string{durable.EventStream, durable.DeadLetterStream, durable.BucketStream("stock"), durable.BucketStream("payments"), durable.BucketStream("gateway"), durable.BucketStream("secrets")} {
+	names := append(orderStreams(), durable.DeadLetterStream, durable.BucketStream("payments"), durable.BucketStream("gateway"), durable.BucketStream("secrets"))
+	for _, b := range layout().Buckets(inventory.Bucket) {
+		names = append(names, durable.BucketStream(b))
+	}
+	for _, name := range names {
 		s, err := js.Stream(ctx, name)
 		if err != nil {
 			t.Fatal(err)

@@ -395,18 +395,18 @@ func TestFaults(t *testing.T) {
 // histories and reservation records, to make a failure readable.
 func explainHolds(t *testing.T, s *testSystem, sku string, call func(string, proto.Message, proto.Message, nats.Header, time.Time) error, deadline time.Time) {
 	t.Helper()
-	kv, err := s.js.KeyValue(context.Background(), "stock")
-	if err != nil {
-		t.Log(err)
-		return
-	}
 	// The SKU's units are spread over its sub-ledgers (or, for a SKU
-	// stocked before them, one record).
+	// stocked before them, one record), each in its slot's partition.
 	keys := []string{"sku." + sku}
 	for n := range inventory.SubLedgers {
 		keys = append(keys, fmt.Sprintf("sku.%s.%d", sku, n))
 	}
 	for _, key := range keys {
+		kv, err := s.js.KeyValue(context.Background(), stockBucket(key))
+		if err != nil {
+			t.Log(err)
+			return
+		}
 		e, err := kv.Get(context.Background(), key)
 		if err != nil {
 			continue
@@ -416,11 +416,11 @@ func explainHolds(t *testing.T, s *testSystem, sku string, call func(string, pro
 			t.Log(key, err)
 			continue
 		}
-		explainLedger(t, kv, &l, call, deadline)
+		explainLedger(t, s.js, &l, call, deadline)
 	}
 }
 
-func explainLedger(t *testing.T, kv jetstream.KeyValue, l *ordersv1.StockLevel, call func(string, proto.Message, proto.Message, nats.Header, time.Time) error, deadline time.Time) {
+func explainLedger(t *testing.T, js jetstream.JetStream, l *ordersv1.StockLevel, call func(string, proto.Message, proto.Message, nats.Header, time.Time) error, deadline time.Time) {
 	t.Helper()
 	for id, h := range l.GetHolds() {
 		if h.GetState() != ordersv1.HoldState_HOLD_STATE_HELD {
@@ -429,8 +429,10 @@ func explainLedger(t *testing.T, kv jetstream.KeyValue, l *ordersv1.StockLevel, 
 		o := &ordersv1.GetOrderResponse{}
 		_ = call("orders.get", &ordersv1.GetOrderRequest{OrderId: id}, o, nil, deadline)
 		var r ordersv1.Reservation
-		if re, err := kv.Get(context.Background(), "order."+id); err == nil {
-			_ = proto.Unmarshal(re.Value(), &r)
+		if kv, err := js.KeyValue(context.Background(), stockBucket("order."+id)); err == nil {
+			if re, err := kv.Get(context.Background(), "order."+id); err == nil {
+				_ = proto.Unmarshal(re.Value(), &r)
+			}
 		}
 		t.Logf("held: %s x%d, order %s, events %s, reservation %v", id, h.GetQuantity(), o.GetOrder().GetStatus(), eventTypes(o), &r)
 	}

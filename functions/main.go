@@ -54,6 +54,7 @@ import (
 	"github.com/orderflow/orderflow/runtime/host"
 	"github.com/orderflow/orderflow/runtime/middleware"
 	"github.com/orderflow/orderflow/runtime/natsserver"
+	"github.com/orderflow/orderflow/runtime/state"
 	"github.com/orderflow/orderflow/runtime/telemetry"
 )
 
@@ -123,18 +124,18 @@ func main() {
 	if len(os.Args) > 1 {
 		cmd, args = os.Args[1], os.Args[2:]
 	}
-	if cmd == "authz" {
-		fs := flag.NewFlagSet("authz", flag.ExitOnError)
-		account := fs.String("account", "", "put the users in this JetStream-enabled account instead of the global one")
-		_ = fs.Parse(args)
-		fmt.Print(authz.Config(roles(), *account))
-		return
-	}
-	if cmd != "serve" && cmd != "provision" {
+	if cmd != "serve" && cmd != "provision" && cmd != "authz" {
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)
 	}
 	cfg, err := config.Load()
+	if err == nil && cmd == "authz" {
+		fs := flag.NewFlagSet("authz", flag.ExitOnError)
+		account := fs.String("account", "", "put the users in this JetStream-enabled account instead of the global one")
+		_ = fs.Parse(args)
+		fmt.Print(authz.Config(roles(cfg), *account))
+		return
+	}
 	if err == nil {
 		err = telemetry.FromEnv().Validate()
 	}
@@ -162,8 +163,8 @@ func main() {
 }
 
 // roles are the identities of the registry's functions, with their
-// permissions.
-func roles() []authz.Role {
+// permissions on the streams and buckets cfg lays out.
+func roles(cfg config.Config) []authz.Role {
 	var fns []authz.Function
 	for _, r := range registry(stores{}) {
 		fns = append(fns, authz.Function{Service: r.svc.Name, Def: r.def})
@@ -174,6 +175,8 @@ func roles() []authz.Role {
 		DeadLetterStream:  durable.DeadLetterStream,
 		DeadLetterSubject: durable.DeadLetterSubject,
 		BucketStream:      durable.BucketStream,
+		Streams:           storeConfig(cfg).Streams,
+		Buckets:           storeConfig(cfg).Buckets,
 	})
 }
 
@@ -204,7 +207,7 @@ func provision(ctx context.Context, cfg config.Config, out io.Writer, force bool
 	if err != nil {
 		return err
 	}
-	h, err := host.New(sys.nc, host.WithAckWait(cfg.AckWait))
+	h, err := host.New(sys.nc, host.WithAckWait(cfg.AckWait), host.WithStreams(storeConfig(cfg).Streams))
 	if err != nil {
 		return err
 	}
@@ -340,6 +343,7 @@ func start(ctx context.Context, cfg config.Config, out io.Writer, tp trace.Trace
 		host.WithAckWait(cfg.AckWait),
 		host.WithOutageHorizon(cfg.OutageHorizon),
 		host.WithProvisioning(provisioning(cfg)),
+		host.WithStreams(storeConfig(cfg).Streams),
 		host.WithTracerProvider(tp),
 		host.WithMiddleware(
 			middleware.Logging(sys.log),
@@ -527,7 +531,8 @@ func roleOf(regs []registration) string {
 // storeConfig sizes the streams and buckets from config.
 func storeConfig(cfg config.Config) durable.Config {
 	return durable.Config{Replicas: cfg.StreamReplicas, DuplicateWindow: cfg.DuplicateWindow, Mode: provisioning(cfg),
-		Retention: cfg.OrderRetention, Expiring: orderRecords}
+		Retention: cfg.OrderRetention, Expiring: orderRecords,
+		Partitions: cfg.Partitions, PartitionedBuckets: []string{inventory.Bucket}}
 }
 
 // orderRecords are, per bucket, the keys that hold an order's records and
@@ -569,6 +574,9 @@ func openStores(ctx context.Context, js jetstream.JetStream, cfg config.Config, 
 		}
 		if err == nil {
 			return st, nil
+		}
+		if errors.Is(err, durable.ErrLayout) { // waiting would not change it
+			return stores{}, fmt.Errorf("%w: %w", config.ErrInvalid, err)
 		}
 		var api *jetstream.APIError
 		if errors.As(err, &api) && api.ErrorCode == 10074 { // replicas > 1 without a cluster
@@ -615,9 +623,11 @@ func tryOpenStores(ctx context.Context, js jetstream.JetStream, cfg config.Confi
 		}
 		return durable.OpenBucket(ctx, js, name, dc)
 	}
-	stock, err := bucket(inventory.Bucket)
-	if err != nil {
-		return stores{}, err
+	var stock state.Store
+	if res.HasBucket(inventory.Bucket) {
+		if stock, err = durable.OpenStore(ctx, js, inventory.Bucket, dc); err != nil {
+			return stores{}, err
+		}
 	}
 	pay, err := bucket(payments.Bucket)
 	if err != nil {
@@ -636,7 +646,7 @@ func tryOpenStores(ctx context.Context, js jetstream.JetStream, cfg config.Confi
 		Latency:       cfg.PaymentLatency,
 	})
 	st.stock, st.payments = inventory.New(stock), payments.New(pay, gw)
-	st.maxPending, st.backlog = cfg.MaxPendingOrders, durable.NewBacklog(js, durable.EventStream, sagaConsumers...).Count
+	st.maxPending, st.backlog = cfg.MaxPendingOrders, durable.NewBacklog(js, dc.Streams(durable.EventStream), sagaConsumers...).Count
 	return st, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"slices"
@@ -19,10 +20,12 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/orderflow/orderflow/functions/internal/inventory"
 	"github.com/orderflow/orderflow/functions/internal/orderlog"
 	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
 	"github.com/orderflow/orderflow/runtime/config"
 	"github.com/orderflow/orderflow/runtime/durable"
+	"github.com/orderflow/orderflow/runtime/partition"
 	"github.com/orderflow/orderflow/runtime/runtimetest"
 )
 
@@ -105,17 +108,19 @@ func (s *testSystem) restock(t *testing.T, sku string, n int32) {
 // events counts the OrderCreated events stored.
 func (s *testSystem) events(t *testing.T) uint64 {
 	t.Helper()
-	st, err := s.js.Stream(context.Background(), durable.EventStream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := st.Info(context.Background(), jetstream.WithSubjectFilter(orderlog.On(orderlog.Created)))
-	if err != nil {
-		t.Fatal(err)
-	}
 	var n uint64
-	for _, c := range info.State.Subjects {
-		n += c
+	for _, name := range orderStreams() {
+		st, err := s.js.Stream(context.Background(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := st.Info(context.Background(), jetstream.WithSubjectFilter(orderlog.On(orderlog.Created)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range info.State.Subjects {
+			n += c
+		}
 	}
 	return n
 }
@@ -392,7 +397,7 @@ func TestSagaStepsAreNotCallable(t *testing.T) {
 			if e.Name == "get" || e.Name == "restock" {
 				continue
 			}
-			if e.Metadata["requests"] == "" || !strings.Contains(e.Metadata["triggers"], "ORDERS ORDER.*.") {
+			if e.Metadata["requests"] == "" || !strings.Contains(e.Metadata["triggers"], "ORDERS ORDER.*.*.") {
 				t.Errorf("%s.%s metadata %v, want its triggers and no requests", svc, e.Name, e.Metadata)
 			}
 		}
@@ -498,10 +503,10 @@ func TestPodTouchesOnlyWhatItsFunctionsDeclare(t *testing.T) {
 		functions []string
 		want      string
 	}{
-		{[]string{"inventory.get"}, "KV_stock"},
+		{[]string{"inventory.get"}, "KV_stock_0,KV_stock_1,KV_stock_2,KV_stock_3"},
 		{[]string{"payments.get"}, "KV_gateway,KV_payments"},
-		{[]string{"payments"}, "DEADLETTERS,KV_gateway,KV_payments,ORDERS"},
-		{[]string{"orders.get", "deadletters.list"}, "DEADLETTERS,ORDERS"},
+		{[]string{"payments"}, "DEADLETTERS,KV_gateway,KV_payments,ORDERS_0,ORDERS_1,ORDERS_2,ORDERS_3"},
+		{[]string{"orders.get", "deadletters.list"}, "DEADLETTERS,ORDERS_0,ORDERS_1,ORDERS_2,ORDERS_3"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.functions, ","), func(t *testing.T) {
@@ -525,7 +530,7 @@ func TestDeletedStreamIsRecreated(t *testing.T) {
 	keepEvery = 300 * time.Millisecond
 	s := startSystem(t)
 	s.restock(t, "SKU-1", 10)
-	if err := s.js.DeleteStream(context.Background(), "ORDERS"); err != nil {
+	if err := s.js.DeleteStream(context.Background(), "ORDERS_0"); err != nil {
 		t.Fatal(err)
 	}
 	base := "http://" + s.sys.httpAddr
@@ -538,7 +543,7 @@ func TestDeletedStreamIsRecreated(t *testing.T) {
 		}
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode == 503 && strings.Contains(string(body), "stream ORDERS") {
+		if resp.StatusCode == 503 && strings.Contains(string(body), "stream ORDERS_0") {
 			sawMissing = true
 		}
 		if resp.StatusCode == 200 && sawMissing {
@@ -618,7 +623,7 @@ func TestOrderIDsOfTheOldDerivationAreFound(t *testing.T) {
 	legacy := uuid.NewSHA1(uuid.MustParse("6f1b7f0e-6a43-4d0c-9a53-5b1f3f3c2a10"), []byte("c-1\x00k-old")).String()
 	o := validOrder()
 	old := &ordersv1.Order{OrderId: legacy, CustomerId: o.GetCustomerId(), Currency: o.GetCurrency(), Items: o.GetItems(), IdempotencyKey: "k-old"}
-	if err := publishEvent(t, s, "ORDER."+legacy+".created", &ordersv1.OrderCreated{Order: old}); err != nil {
+	if err := publishEvent(t, s, orderlog.Subject(legacy, orderlog.Created), &ordersv1.OrderCreated{Order: old}); err != nil {
 		t.Fatal(err)
 	}
 	got := must[*ordersv1.CreateOrderResponse](t)(call[ordersv1.CreateOrderResponse](t, s, "orders.create", validOrder(), "Idempotency-Key", "k-old"))
@@ -662,7 +667,7 @@ func TestRedactHidesPasswords(t *testing.T) {
 func TestReadyzFailsWhileAStreamRefusesWrites(t *testing.T) {
 	s := startSystem(t)
 	ctx := context.Background()
-	st := must[jetstream.Stream](t)(s.js.Stream(ctx, "ORDERS"))
+	st := must[jetstream.Stream](t)(s.js.Stream(ctx, "ORDERS_0"))
 	cfg := st.CachedInfo().Config
 	cfg.MaxBytes, cfg.Discard = 16<<10, jetstream.DiscardNew
 	if _, err := s.js.UpdateStream(ctx, cfg); err != nil {
@@ -670,21 +675,30 @@ func TestReadyzFailsWhileAStreamRefusesWrites(t *testing.T) {
 	}
 	readyz := func() (int, string) { return httpGet(t, "http://"+s.sys.httpAddr+"/readyz") }
 	refused := false
+	// With a key, a create's id (and so its partition) is fixed: without
+	// one, a retry of a refused create takes a new id, which may land in
+	// a partition with room.
 	for i := 0; i < 500 && !refused; i++ {
-		_, err := call[ordersv1.CreateOrderResponse](t, s, "orders.create", validOrder())
+		_, err := call[ordersv1.CreateOrderResponse](t, s, "orders.create", validOrder(), "Idempotency-Key", fmt.Sprint("full-", i))
 		refused = err != nil
 	}
 	if !refused {
 		t.Fatal("the full stream took every order")
 	}
-	if code, body := readyz(); code != 503 || !strings.Contains(body, "ORDERS refuses writes") || !strings.Contains(body, "maximum bytes") {
+	if code, body := readyz(); code != 503 || !strings.Contains(body, "ORDERS_0 refuses writes") || !strings.Contains(body, "maximum bytes") {
 		t.Errorf("/readyz with ORDERS full: %d %s", code, body)
 	}
 	cfg.MaxBytes = -1
 	if _, err := s.js.UpdateStream(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
-	must[*ordersv1.CreateOrderResponse](t)(call[ordersv1.CreateOrderResponse](t, s, "orders.create", validOrder()))
+	// Readiness comes back with a write to the partition that refused.
+	for i := 0; i < 200; i++ {
+		id := must[*ordersv1.CreateOrderResponse](t)(call[ordersv1.CreateOrderResponse](t, s, "orders.create", validOrder())).GetOrderId()
+		if orderStream(id) == "ORDERS_0" {
+			break
+		}
+	}
 	if code, body := readyz(); code != 200 {
 		t.Errorf("/readyz after the stream took a write again: %d %s", code, body)
 	}
@@ -741,10 +755,13 @@ func TestRetention(t *testing.T) {
 		t.Fatalf("order %s", st)
 	}
 	ctx := context.Background()
-	if age := must[jetstream.Stream](t)(s.js.Stream(ctx, "ORDERS")).CachedInfo().Config.MaxAge; age != retention {
-		t.Errorf("ORDERS max age %s, want %s", age, retention)
+	for _, name := range orderStreams() {
+		// The events outlive the records by a margin (durable's eventAge).
+		if age := must[jetstream.Stream](t)(s.js.Stream(ctx, name)).CachedInfo().Config.MaxAge; age != retention+5*time.Second {
+			t.Errorf("%s max age %s, want %s", name, age, retention+5*time.Second)
+		}
 	}
-	for _, b := range []string{"KV_stock", "KV_payments", "KV_gateway"} {
+	for _, b := range []string{"KV_stock_0", "KV_stock_3", "KV_payments", "KV_gateway"} {
 		if !must[jetstream.Stream](t)(s.js.Stream(ctx, b)).CachedInfo().Config.AllowMsgTTL {
 			t.Errorf("%s does not allow per-message TTLs", b)
 		}
@@ -782,4 +799,21 @@ func TestRetention(t *testing.T) {
 	if st := s.stock(t, "SKU-1"); st.GetSold() != 4 {
 		t.Errorf("stock after the second order %v, want 4 sold", st)
 	}
+}
+
+// layout is the stream and bucket layout of testConfig.
+func layout() durable.Config { return storeConfig(testConfig("")) }
+
+// orderStreams are the partitions of the order log in testConfig.
+func orderStreams() []string { return layout().Streams(durable.EventStream) }
+
+// orderStream is the partition of the order log that holds orderID.
+func orderStream(orderID string) string {
+	return orderStreams()[partition.Of(partition.Slot(orderID), len(orderStreams()))]
+}
+
+// stockBucket is the partition of the stock bucket that holds key.
+func stockBucket(key string) string {
+	bs := layout().Buckets(inventory.Bucket)
+	return bs[partition.Of(partition.Slot(key), len(bs))]
 }

@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/orderflow/orderflow/functions/internal/orderlog"
 	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
 	"github.com/orderflow/orderflow/runtime/config"
 	"github.com/orderflow/orderflow/runtime/runtimetest"
@@ -67,13 +68,13 @@ func TestOneTracePerOrder(t *testing.T) {
 	// Each step, and what it must be the child of.
 	chain := []struct{ name, parent string }{
 		{"orders.create", ""},
-		{"ORDER.*.created publish", "orders.create"},
-		{"inventory.reserve process ORDER.*.created", "ORDER.*.created publish"},
-		{"ORDER.*.stock_reserved publish", "inventory.reserve process ORDER.*.created"},
-		{"payments.charge process ORDER.*.stock_reserved", "ORDER.*.stock_reserved publish"},
-		{"ORDER.*.payment_charged publish", "payments.charge process ORDER.*.stock_reserved"},
-		{"inventory.sell process ORDER.*.payment_charged", "ORDER.*.payment_charged publish"},
-		{"ORDER.*.stock_sold publish", "inventory.sell process ORDER.*.payment_charged"},
+		{"ORDER.*.*.created publish", "orders.create"},
+		{"inventory.reserve process ORDER.*.*.created", "ORDER.*.*.created publish"},
+		{"ORDER.*.*.stock_reserved publish", "inventory.reserve process ORDER.*.*.created"},
+		{"payments.charge process ORDER.*.*.stock_reserved", "ORDER.*.*.stock_reserved publish"},
+		{"ORDER.*.*.payment_charged publish", "payments.charge process ORDER.*.*.stock_reserved"},
+		{"inventory.sell process ORDER.*.*.payment_charged", "ORDER.*.*.payment_charged publish"},
+		{"ORDER.*.*.stock_sold publish", "inventory.sell process ORDER.*.*.payment_charged"},
 	}
 	for _, c := range chain {
 		sp, ok := byName[c.name]
@@ -100,16 +101,16 @@ func TestOneTracePerOrder(t *testing.T) {
 	if server.SpanKind != trace.SpanKindServer || attr(server, "orderflow.order_id").AsString() != id || attr(server, "orderflow.outcome").AsString() != "ok" {
 		t.Errorf("orders.create span: kind %v, attributes %v", server.SpanKind, server.Attributes)
 	}
-	pub := byName["ORDER.*.created publish"]
+	pub := byName["ORDER.*.*.created publish"]
 	if pub.SpanKind != trace.SpanKindProducer || attr(pub, "messaging.nats.stream.sequence").AsInt64() == 0 ||
-		attr(pub, "messaging.destination.name").AsString() != "ORDER."+id+".created" {
+		attr(pub, "messaging.destination.name").AsString() != orderlog.Subject(id, orderlog.Created) {
 		t.Errorf("publish span: kind %v, attributes %v", pub.SpanKind, pub.Attributes)
 	}
-	charge := byName["payments.charge process ORDER.*.stock_reserved"]
+	charge := byName["payments.charge process ORDER.*.*.stock_reserved"]
 	for key, want := range map[string]string{
 		"messaging.consumer.group.name":  "payments-charge",
-		"messaging.destination.name":     "ORDER." + id + ".stock_reserved",
-		"messaging.destination.template": "ORDER.*.stock_reserved",
+		"messaging.destination.name":     orderlog.Subject(id, orderlog.StockReserved),
+		"messaging.destination.template": "ORDER.*.*.stock_reserved",
 		"messaging.operation.type":       "process",
 		"orderflow.function":             "payments.charge",
 		"orderflow.order_id":             id,
@@ -153,7 +154,7 @@ func TestRetriesStayInTheTrace(t *testing.T) {
 			t.Errorf("order %s spans two traces (%s)", id, sp.Name)
 		}
 		traceOf[id] = sp.SpanContext.TraceID()
-		if sp.Name == "payments.charge process ORDER.*.stock_reserved" {
+		if sp.Name == "payments.charge process ORDER.*.*.stock_reserved" {
 			maxAttempt = max(maxAttempt, attr(sp, "messaging.nats.message.delivery_attempt").AsInt64())
 		}
 	}
@@ -194,10 +195,10 @@ func TestMetricsAfterOrders(t *testing.T) {
 		`orderflow_message_duration_seconds_count{consumer="inventory-reserve",function="inventory.reserve"} 3`,
 		`orderflow_orders_ended_total{status="CONFIRMED"} 3`,
 		`orderflow_order_duration_seconds_count{status="CONFIRMED"} 3`,
-		`orderflow_consumer_pending_messages{consumer="inventory-reserve",function="inventory.reserve"} 0`,
-		`orderflow_consumer_ack_pending_messages{consumer="payments-charge",function="payments.charge"} 0`,
-		`orderflow_consumer_redelivered_messages{consumer="inventory-sell",function="inventory.sell"} 0`,
-		`orderflow_consumer_info_up{consumer="orders-compensate",function="orders.cancel"} 1`,
+		`orderflow_consumer_pending_messages{consumer="inventory-reserve",function="inventory.reserve",stream="ORDERS_0"} 0`,
+		`orderflow_consumer_ack_pending_messages{consumer="payments-charge",function="payments.charge",stream="ORDERS_0"} 0`,
+		`orderflow_consumer_redelivered_messages{consumer="inventory-sell",function="inventory.sell",stream="ORDERS_0"} 0`,
+		`orderflow_consumer_info_up{consumer="orders-compensate",function="orders.cancel",stream="DEADLETTERS"} 1`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %s", want)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/orderflow/orderflow/functions/internal/orderlog"
 	"github.com/orderflow/orderflow/runtime/authz"
 	"github.com/orderflow/orderflow/runtime/runtimetest"
 )
@@ -410,19 +411,19 @@ func TestProvision(t *testing.T) {
 	}
 
 	out := provision()
-	for _, want := range []string{"stream ORDERS created", "stream DEADLETTERS created", "bucket stock created",
-		"consumer ORDERS/inventory-reserve created", "consumer DEADLETTERS/orders-compensate created",
-		"provisioned 2 streams, 4 buckets, 7 consumers with 1 replicas"} {
+	for _, want := range []string{"stream ORDERS_0 created", "stream ORDERS_3 created", "stream DEADLETTERS created", "bucket stock_0 created",
+		"bucket stock_3 created", "consumer ORDERS_0/inventory-reserve created", "consumer ORDERS_3/inventory-reserve created",
+		"consumer DEADLETTERS/orders-compensate created", "provisioned 5 streams, 7 buckets, 25 consumers with 1 replicas"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("provision output lacks %q:\n%s", want, out)
 		}
 	}
-	if out := provision(); !strings.Contains(out, "stream ORDERS exists") || strings.Contains(out, "created") {
+	if out := provision(); !strings.Contains(out, "stream ORDERS_0 exists") || strings.Contains(out, "created") {
 		t.Errorf("a second provision changed something:\n%s", out)
 	}
 
 	// An operator's changes.
-	s, err := js.Stream(ctx, "ORDERS")
+	s, err := js.Stream(ctx, "ORDERS_0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -431,13 +432,13 @@ func TestProvision(t *testing.T) {
 	if _, err := js.UpdateStream(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
-	c, err := js.Consumer(ctx, "ORDERS", "inventory-reserve")
+	c, err := js.Consumer(ctx, "ORDERS_0", "inventory-reserve")
 	if err != nil {
 		t.Fatal(err)
 	}
 	ccfg := c.CachedInfo().Config
 	ccfg.AckWait = 45 * time.Second
-	if _, err := js.UpdateConsumer(ctx, "ORDERS", ccfg); err != nil {
+	if _, err := js.UpdateConsumer(ctx, "ORDERS_0", ccfg); err != nil {
 		t.Fatal(err)
 	}
 
@@ -448,10 +449,10 @@ func TestProvision(t *testing.T) {
 	}
 	kept := func(wantAckWait time.Duration) {
 		t.Helper()
-		s, _ := js.Stream(ctx, "ORDERS")
-		c, _ := js.Consumer(ctx, "ORDERS", "inventory-reserve")
+		s, _ := js.Stream(ctx, "ORDERS_0")
+		c, _ := js.Consumer(ctx, "ORDERS_0", "inventory-reserve")
 		if got := s.CachedInfo().Config.MaxAge; got != 240*time.Hour {
-			t.Errorf("ORDERS max age %s, want the operator's 240h", got)
+			t.Errorf("ORDERS_0 max age %s, want the operator's 240h", got)
 		}
 		if got := c.CachedInfo().Config.AckWait; got != wantAckWait {
 			t.Errorf("inventory-reserve ack wait %s, want %s", got, wantAckWait)
@@ -461,15 +462,15 @@ func TestProvision(t *testing.T) {
 
 	// Provisioning applies the declarations, keeping the operator's tighter
 	// retention; --force loosens it back to the declared one.
-	if out := provision(); !strings.Contains(out, "consumer ORDERS/inventory-reserve updated") || !strings.Contains(out, "kept the tighter max age 240h0m0s") {
+	if out := provision(); !strings.Contains(out, "consumer ORDERS_0/inventory-reserve updated") || !strings.Contains(out, "kept the tighter max age 240h0m0s") {
 		t.Errorf("provision did not update the consumer, or not keep the tighter limit:\n%s", out)
 	}
 	kept(30 * time.Second)
-	if out := provision("--force"); !strings.Contains(out, "stream ORDERS updated") {
+	if out := provision("--force"); !strings.Contains(out, "stream ORDERS_0 updated") {
 		t.Errorf("provision --force did not loosen the limit:\n%s", out)
 	}
-	if got := must[jetstream.Stream](t)(js.Stream(ctx, "ORDERS")).CachedInfo().Config.MaxAge; got != 720*time.Hour {
-		t.Errorf("ORDERS max age after --force: %s, want 720h", got)
+	if got := must[jetstream.Stream](t)(js.Stream(ctx, "ORDERS_0")).CachedInfo().Config.MaxAge; got != 721*time.Hour {
+		t.Errorf("ORDERS_0 max age after --force: %s, want 721h (ORDER_RETENTION and the hour by which events outlive records)", got)
 	}
 
 	// A stream deleted under a pod that may not create it: /readyz names
@@ -506,7 +507,7 @@ func TestSecureModeWithBinaries(t *testing.T) {
 	dir := t.TempDir()
 	env := []string{}
 	pw := map[string]string{}
-	for _, r := range roles() {
+	for _, r := range roles(testConfig("")) {
 		pw[r.Name] = "secret-" + r.Name
 		env = append(env, authz.PasswordVar(r.Name)+"="+pw[r.Name])
 	}
@@ -584,8 +585,8 @@ func TestSecureModeWithBinaries(t *testing.T) {
 	for _, attack := range [][]string{
 		{"req", "payments.refund", `{"order_id":"` + created.OrderID + `"}`},
 		{"req", "inventory.restock", `{"sku":"SKU-1","quantity":10}`},
-		{"pub", "ORDER." + created.OrderID + ".payment_refunded", "x"},
-		{"stream", "rm", "ORDERS", "-f"},
+		{"pub", orderlog.Subject(created.OrderID, orderlog.PaymentRefunded), "x"},
+		{"stream", "rm", "ORDERS_0", "-f"},
 	} {
 		// The CLI reports a refused publish and may still exit 0.
 		if out, err := as("client", attack...); !strings.Contains(strings.ToLower(out), "permission") {

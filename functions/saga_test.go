@@ -327,7 +327,7 @@ func waitIdle(t *testing.T, s *testSystem) {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		busy := ""
-		for _, stream := range []string{"ORDERS", "DEADLETTERS"} {
+		for _, stream := range append(orderStreams(), "DEADLETTERS") {
 			st, err := s.js.Stream(ctx, stream)
 			if err != nil {
 				t.Fatal(err)
@@ -505,15 +505,15 @@ func TestDeadLettersOfEndedOrdersExpire(t *testing.T) {
 		t.Helper()
 		// Failed a minute ago, so older than the retention, while the open
 		// order's events are fresh.
-		dl := &runtimev1.DeadLetter{Stream: "ORDERS", Subject: subject, Consumer: "payments-charge", Function: "payments.charge",
+		dl := &runtimev1.DeadLetter{Stream: orderStream(orderlog.OrderID(subject)), Subject: subject, Consumer: "payments-charge", Function: "payments.charge",
 			FailedAt: timestamppb.New(time.Now().Add(-time.Minute)), Headers: []*runtimev1.Header{{Name: "Event-Type", Value: typ}},
 			Data: must[[]byte](t)(proto.Marshal(&ordersv1.StockReserved{OrderId: orderlog.OrderID(subject)}))}
 		if _, err := s.js.Publish(context.Background(), "DEADLETTER.payments-charge", must[[]byte](t)(proto.Marshal(dl))); err != nil {
 			t.Fatal(err)
 		}
 	}
-	letter("ORDER."+open+".stock_reserved", "orders.v1.StockReserved")
-	letter("ORDER.never-existed.stock_reserved", "orders.v1.StockReserved")
+	letter(orderlog.Subject(open, orderlog.StockReserved), "orders.v1.StockReserved")
+	letter(orderlog.Subject("never-existed", orderlog.StockReserved), "orders.v1.StockReserved")
 	letter("$KV.stock.sku.SKU-1", "orders.v1.StockLevel")
 	deadline := time.Now().Add(15 * time.Second)
 	for {
@@ -522,7 +522,7 @@ func TestDeadLettersOfEndedOrdersExpire(t *testing.T) {
 		for _, dl := range list.GetDeadLetters() {
 			subjects = append(subjects, dl.GetSubject())
 		}
-		if len(subjects) == 1 && subjects[0] == "ORDER."+open+".stock_reserved" {
+		if len(subjects) == 1 && subjects[0] == orderlog.Subject(open, orderlog.StockReserved) {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/orderflow/orderflow/functions/internal/orderlog"
 	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
 	runtimev1 "github.com/orderflow/orderflow/proto/gen/runtime/v1"
 	"github.com/orderflow/orderflow/runtime/authz"
@@ -40,12 +41,12 @@ func startSecure(t *testing.T) *secureServer {
 	t.Helper()
 	dir := t.TempDir()
 	s := &secureServer{passwords: map[string]string{}}
-	for _, r := range roles() {
+	for _, r := range roles(testConfig("")) {
 		pw := "pw-" + r.Name + "-" + fmt.Sprint(time.Now().UnixNano())
 		s.passwords[r.Name] = pw
 		t.Setenv(authz.PasswordVar(r.Name), pw)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "auth.conf"), []byte(authz.Config(roles(), "")), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "auth.conf"), []byte(authz.Config(roles(testConfig("")), "")), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	port := runtimetest.FreePorts(t, 1)[0]
@@ -217,7 +218,7 @@ func subscribeTo(subject, queue string) func(*nats.Conn) error {
 // attacks are the issue's list, and the like, as a table of role × attack.
 // Each must be refused by the server's permissions.
 func attacks(order string) []attack {
-	charged := "ORDER." + order + ".payment_charged"
+	charged := orderlog.Subject(order, orderlog.PaymentCharged)
 	return []attack{
 		{"client", "refund a confirmed order", publishTo("payments.refund", nil, `{"order_id":"`+order+`"}`), "payments.refund"},
 		{"client", "un-sell a confirmed order", publishTo("inventory.release", nil, `{"order_id":"`+order+`"}`), "inventory.release"},
@@ -225,31 +226,31 @@ func attacks(order string) []attack {
 		{"client", "sell", publishTo("inventory.sell", nil, `{}`), "inventory.sell"},
 		{"client", "charge", publishTo("payments.charge", nil, `{}`), "payments.charge"},
 		{"client", "forge PaymentCharged", publishTo(charged, nil, ""), charged},
-		{"client", "squat a message id in ORDERS", publishTo("ORDER.x.created", nats.Header{"Nats-Msg-Id": {order + "/stock_sold"}}, ""), "ORDER.x.created"},
-		{"client", "an event without a type", publishTo("ORDER."+order+".created", nil, "junk"), "ORDER." + order + ".created"},
+		{"client", "squat a message id in ORDERS", publishTo(orderlog.Subject("x", orderlog.Created), nats.Header{"Nats-Msg-Id": {order + "/stock_sold"}}, ""), orderlog.Subject("x", orderlog.Created)},
+		{"client", "an event without a type", publishTo(orderlog.Subject(order, orderlog.Created), nil, "junk"), orderlog.Subject(order, orderlog.Created)},
 		{"client", "set a stock level", publishTo("$KV.stock.sku.SKU-1", nil, "x"), "$KV.stock.sku.SKU-1"},
 		{"client", "wipe the stock bucket", publishTo("$KV.stock.x", nats.Header{"Nats-Rollup": {"all"}}, ""), "$KV.stock.x"},
 		{"client", "fake a capture", publishTo("$KV.gateway."+order, nil, "x"), "$KV.gateway." + order},
 		{"client", "inject a dead letter", publishTo("DEADLETTER.inventory-reserve", nil, "x"), "DEADLETTER.inventory-reserve"},
 		{"client", "replay a dead letter", publishTo("deadletters.replay", nil, `{"sequence":1}`), "deadletters.replay"},
 		{"client", "restock", publishTo("inventory.restock", nil, `{"sku":"SKU-1","quantity":1}`), "inventory.restock"},
-		{"client", "delete the order stream", publishTo("$JS.API.STREAM.DELETE.ORDERS", nil, ""), "$JS.API.STREAM.DELETE.ORDERS"},
-		{"client", "create a consumer to read events", publishTo("$JS.API.CONSUMER.CREATE.ORDERS", nil, "{}"), "$JS.API.CONSUMER.CREATE.ORDERS"},
-		{"client", "read the order log directly", publishTo("$JS.API.DIRECT.GET.ORDERS", nil, "{}"), "$JS.API.DIRECT.GET.ORDERS"},
+		{"client", "delete the order stream", publishTo("$JS.API.STREAM.DELETE.ORDERS_0", nil, ""), "$JS.API.STREAM.DELETE.ORDERS_0"},
+		{"client", "create a consumer to read events", publishTo("$JS.API.CONSUMER.CREATE.ORDERS_0", nil, "{}"), "$JS.API.CONSUMER.CREATE.ORDERS_0"},
+		{"client", "read the order log directly", publishTo("$JS.API.DIRECT.GET.ORDERS_0", nil, "{}"), "$JS.API.DIRECT.GET.ORDERS_0"},
 		{"client", "hijack orders.create", subscribeTo("orders.create", "q"), "orders.create"},
 		{"client", "sniff every event", subscribeTo("ORDER.>", ""), "ORDER.>"},
 		{"client", "sniff other clients' replies", subscribeTo("_INBOX.>", ""), "_INBOX.>"},
 		{"client", "sniff the pods' replies", subscribeTo("_INBOX_orders.>", ""), "_INBOX_orders.>"},
 		{"ops", "forge PaymentCharged", publishTo(charged, nil, ""), charged},
-		{"ops", "delete the order stream", publishTo("$JS.API.STREAM.DELETE.ORDERS", nil, ""), "$JS.API.STREAM.DELETE.ORDERS"},
+		{"ops", "delete the order stream", publishTo("$JS.API.STREAM.DELETE.ORDERS_0", nil, ""), "$JS.API.STREAM.DELETE.ORDERS_0"},
 		{"inventory", "publish PaymentCharged", publishTo(charged, nil, ""), charged},
 		{"inventory", "write the payments bucket", publishTo("$KV.payments."+order, nil, "x"), "$KV.payments." + order},
 		{"inventory", "write the gateway bucket", publishTo("$KV.gateway."+order, nil, "x"), "$KV.gateway." + order},
-		{"inventory", "delete the order stream", publishTo("$JS.API.STREAM.DELETE.ORDERS", nil, ""), "$JS.API.STREAM.DELETE.ORDERS"},
-		{"inventory", "update a consumer", publishTo("$JS.API.CONSUMER.CREATE.ORDERS.payments-charge", nil, "{}"), "$JS.API.CONSUMER.CREATE.ORDERS.payments-charge"},
+		{"inventory", "delete the order stream", publishTo("$JS.API.STREAM.DELETE.ORDERS_0", nil, ""), "$JS.API.STREAM.DELETE.ORDERS_0"},
+		{"inventory", "update a consumer", publishTo("$JS.API.CONSUMER.CREATE.ORDERS_0.payments-charge", nil, "{}"), "$JS.API.CONSUMER.CREATE.ORDERS_0.payments-charge"},
 		{"payments", "write the stock bucket", publishTo("$KV.stock.sku.SKU-1", nil, "x"), "$KV.stock.sku.SKU-1"},
-		{"payments", "publish StockSold", publishTo("ORDER."+order+".stock_sold", nil, ""), "ORDER." + order + ".stock_sold"},
-		{"orders", "publish StockReserved", publishTo("ORDER."+order+".stock_reserved", nil, ""), "ORDER." + order + ".stock_reserved"},
+		{"payments", "publish StockSold", publishTo(orderlog.Subject(order, orderlog.StockSold), nil, ""), orderlog.Subject(order, orderlog.StockSold)},
+		{"orders", "publish StockReserved", publishTo(orderlog.Subject(order, orderlog.StockReserved), nil, ""), orderlog.Subject(order, orderlog.StockReserved)},
 		{"orders", "write the stock bucket", publishTo("$KV.stock.sku.SKU-1", nil, "x"), "$KV.stock.sku.SKU-1"},
 		{"deadletters", "write the stock bucket", publishTo("$KV.stock.sku.SKU-1", nil, "x"), "$KV.stock.sku.SKU-1"},
 		{"deadletters", "write a dead letter", publishTo("DEADLETTER.inventory-reserve", nil, "x"), "DEADLETTER.inventory-reserve"},
@@ -345,10 +346,10 @@ func TestSecureReplay(t *testing.T) {
 		seq  uint64
 	}{
 		{"a KV write", letter("KV_stock", "$KV.stock.sku.SKU-1", "orders.v1.StockLevel", []byte("x"))},
-		{"a request to a saga step", letter("ORDERS", "payments.refund", "orders.v1.CancelRequested", nil)},
-		{"an event whose type is not its subject's", letter("ORDERS", "ORDER."+id+".payment_refunded", "orders.v1.StockSold", nil)},
-		{"an event that does not decode", letter("ORDERS", "ORDER."+id+".stock_reserved", "orders.v1.StockReserved", []byte{0xff, 0xff})},
-		{"an unknown event", letter("ORDERS", "ORDER."+id+".refund_everything", "orders.v1.StockReserved", reserved)},
+		{"a request to a saga step", letter(orderStream(id), "payments.refund", "orders.v1.CancelRequested", nil)},
+		{"an event whose type is not its subject's", letter(orderStream(id), orderlog.Subject(id, "payment_refunded"), "orders.v1.StockSold", nil)},
+		{"an event that does not decode", letter(orderStream(id), orderlog.Subject(id, "stock_reserved"), "orders.v1.StockReserved", []byte{0xff, 0xff})},
+		{"an unknown event", letter(orderStream(id), orderlog.Subject(id, "refund_everything"), "orders.v1.StockReserved", reserved)},
 	} {
 		if _, err := replay(tt.seq); runtimetest.Code(err) != 400 || !strings.Contains(err.Error(), "not replayable") {
 			t.Errorf("replay of %s: %v, want 400 not replayable", tt.what, err)
@@ -357,14 +358,14 @@ func TestSecureReplay(t *testing.T) {
 
 	// A real event of the open order, with control headers smuggled in:
 	// replayed, without them.
-	seq := letter("ORDERS", "ORDER."+id+".stock_reserved", "orders.v1.StockReserved", reserved,
+	seq := letter(orderStream(id), orderlog.Subject(id, "stock_reserved"), "orders.v1.StockReserved", reserved,
 		&runtimev1.Header{Name: "Nats-Rollup", Value: "all"}, &runtimev1.Header{Name: "Nats-Expected-Stream", Value: "KV_stock"},
 		&runtimev1.Header{Name: "Nats-TTL", Value: "1s"})
 	rep, err := replay(seq)
 	if err != nil || rep.GetReplayedSequence() == 0 {
 		t.Fatalf("replay of an open order's event: %v, %v", rep, err)
 	}
-	raw, err := must[jetstream.Stream](t)(must[jetstream.JetStream](t)(jetstream.New(admin)).Stream(context.Background(), "ORDERS")).GetMsg(context.Background(), rep.GetReplayedSequence())
+	raw, err := must[jetstream.Stream](t)(must[jetstream.JetStream](t)(jetstream.New(admin)).Stream(context.Background(), orderStream(id))).GetMsg(context.Background(), rep.GetReplayedSequence())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -373,8 +374,8 @@ func TestSecureReplay(t *testing.T) {
 			t.Errorf("replayed message carries %s: %s", name, v)
 		}
 	}
-	if v := raw.Header.Get("Nats-Expected-Stream"); v != "ORDERS" {
-		t.Errorf("replayed message expected stream %q, want the replay's own ORDERS", v)
+	if v := raw.Header.Get("Nats-Expected-Stream"); v != orderStream(id) {
+		t.Errorf("replayed message expected stream %q, want the order's partition %s", v, orderStream(id))
 	}
 	// The duplicate StockReserved changes nothing: one capture, and the
 	// units sold, which confirms the order...

@@ -25,8 +25,11 @@ import (
 type clusterResult struct {
 	RawSync  natsBench
 	RawAsync natsBench
-	// Load runs as many clients as the R1 row it is compared with.
-	Load loadResult
+	// Load runs as many clients as the R1 row it is compared with, with
+	// clusterPartitions partitions; OnePartition the same load on a store
+	// of one partition, for what partitions give on a cluster.
+	Load         loadResult
+	OnePartition loadResult
 	// Stall is a create probe while the leader of ORDERS is killed.
 	Stall stallResult
 }
@@ -164,12 +167,6 @@ func runCluster(o options, b bins, dir string, clients int) (clusterResult, erro
 	}
 	_, _ = cli("stream", "rm", "-f", "benchstream")
 
-	logf("[r3] function host, STREAM_REPLICAS=3, WORKER_POOL_SIZE=%d", o.workers)
-	host, _, err := startHost(b, url, o.workers, "LOG_LEVEL=error", "STREAM_REPLICAS=3")
-	if err != nil {
-		return res, err
-	}
-	defer stopProcess(host)
 	gen := loadGen(b, url, o.skus)
 	load := func(args ...string) (loadResult, error) {
 		var r loadResult
@@ -179,7 +176,31 @@ func runCluster(o options, b bins, dir string, clients int) (clusterResult, erro
 		}
 		return r, json.Unmarshal(out, &r)
 	}
-	logf("[r3] %d orders, %d clients, as fast as possible", o.orders, clients)
+	// One partition first, on a store of its own, then the store is
+	// removed (a store keeps the count it was provisioned with).
+	logf("[r3] function host, STREAM_REPLICAS=3, PARTITIONS=1, WORKER_POOL_SIZE=%d", o.workers)
+	host, _, err := startHost(b, url, o.workers, "LOG_LEVEL=error", "STREAM_REPLICAS=3", "PARTITIONS=1")
+	if err != nil {
+		return res, err
+	}
+	logf("[r3] %d orders, %d clients, one partition", o.orders, clients)
+	res.OnePartition, err = load("--orders", strconv.Itoa(o.orders), "--clients", strconv.Itoa(clients), "--run", fmt.Sprintf("r3-p1-c%d", clients))
+	stopProcess(host)
+	if err != nil {
+		return res, err
+	}
+	logf("[r3]   %.1f confirmed/s, create p99 %.2fms", res.OnePartition.ConfirmedPerS, res.OnePartition.CreateP99Ms)
+	if err := removeStreams(url); err != nil {
+		return res, err
+	}
+
+	logf("[r3] function host, STREAM_REPLICAS=3, PARTITIONS=%d, WORKER_POOL_SIZE=%d", clusterPartitions, o.workers)
+	host, _, err = startHost(b, url, o.workers, "LOG_LEVEL=error", "STREAM_REPLICAS=3", fmt.Sprintf("PARTITIONS=%d", clusterPartitions))
+	if err != nil {
+		return res, err
+	}
+	defer stopProcess(host)
+	logf("[r3] %d orders, %d clients, %d partitions", o.orders, clients, clusterPartitions)
 	if res.Load, err = load("--orders", strconv.Itoa(o.orders), "--clients", strconv.Itoa(clients), "--run", fmt.Sprintf("r3-c%d", clients)); err != nil {
 		return res, err
 	}
@@ -187,6 +208,38 @@ func runCluster(o options, b bins, dir string, clients int) (clusterResult, erro
 
 	res.Stall, err = stall(nodes, b.server, url, load, res.Load.ConfirmedPerS/2)
 	return res, err
+}
+
+// clusterPartitions is the partition count of the cluster's main rows.
+const clusterPartitions = 8
+
+// removeStreams deletes every stream on the server at url.
+func removeStreams(url string) error {
+	nc, err := nats.Connect(url)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	names := js.StreamNames(ctx)
+	var all []string
+	for n := range names.Name() {
+		all = append(all, n)
+	}
+	if err := names.Err(); err != nil {
+		return err
+	}
+	for _, n := range all {
+		if err := js.DeleteStream(ctx, n); err != nil {
+			return fmt.Errorf("remove stream %s: %w", n, err)
+		}
+	}
+	return nil
 }
 
 // stall kills the leader of ORDERS with SIGKILL under a load at rate
@@ -212,7 +265,7 @@ func stall(nodes []*node, server, url string, load func(...string) (loadResult, 
 	leader := func() string {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		s, err := js.Stream(ctx, "ORDERS")
+		s, err := js.Stream(ctx, "ORDERS_0")
 		if err != nil || s.CachedInfo().Cluster == nil {
 			return ""
 		}

@@ -97,7 +97,7 @@ func runHot(o options, b bins, dir string, clients int) (hotResult, error) {
 		return res, err
 	}
 	defer stopProcess(srv)
-	host, _, err := startHost(b, url, o.workers, "LOG_LEVEL=warn")
+	host, _, err := startHost(b, url, o.workers, "LOG_LEVEL=warn", fmt.Sprintf("PARTITIONS=%d", o.partitions))
 	if err != nil {
 		return res, err
 	}
@@ -134,7 +134,7 @@ func runHot(o options, b bins, dir string, clients int) (hotResult, error) {
 		return r, nil
 	}
 	orders := strconv.Itoa(o.orders)
-	if res.Spread, err = load("spread", o.skus, "--orders", orders, "--sku-prefix", "SPREAD"); err != nil {
+	if res.Spread, err = load("spread", spreadSKUs, "--orders", orders, "--sku-prefix", "SPREAD"); err != nil {
 		return res, err
 	}
 	if res.Flash, err = load("flash", 1, "--orders", orders, "--sku-prefix", "FLASH"); err != nil {
@@ -199,7 +199,7 @@ func (r report) hotSection(h hotResult) string {
 	row := func(name string, l loadResult) {
 		w("| %s | %d | %.1f | %d / %d / %d | %.2fms | %.1fms |\n", name, l.Orders, l.ConfirmedPerS, l.Confirmed, l.Rejected, l.Cancelled, l.CreateP99Ms, l.E2EP99Ms)
 	}
-	row(fmt.Sprintf("spread over %d SKUs (`--skus %d`)", r.Options.skus, r.Options.skus), h.Spread)
+	row(fmt.Sprintf("spread over %d SKUs (`--skus %d`)", spreadSKUs, spreadSKUs), h.Spread)
 	row("flash sale: all on one SKU (`--skus 1`)", h.Flash)
 	row("churn: one SKU, every other order cancelled right after it is placed (`--cancel-every 2`)", h.Churn)
 	for i := range h.Churned {
@@ -214,3 +214,6 @@ func (r report) hotSection(h hotResult) string {
 	w("\nWhy a hot SKU keeps up: its stock is split over 8 ledgers and each order's units live in one of them (a hash of the order id), so the orders of one SKU compare-and-set 8 records, not one; a ledger that runs short borrows from the others. A ledger holds only the orders in flight at it (an entry from reserve until the sale or release), never the SKU's history, so a step costs the same after 20,000 orders as after none.\n")
 	return b.String()
 }
+
+// spreadSKUs is how many SKUs the flash sale is compared with.
+const spreadSKUs = 256

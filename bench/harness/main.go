@@ -37,10 +37,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// orderStreams is how many streams an order's writes go to: ORDERS,
-// KV_stock and KV_gateway (KV_payments only when a charge is retried).
-const orderStreams = 3
-
 type options struct {
 	out, svg string
 	levels   []int
@@ -50,10 +46,12 @@ type options struct {
 	workers  int
 	skus     int
 	profileS int
-	modes    []string
-	cluster  bool
-	hot      bool
-	churn    int
+	// partitions is PARTITIONS of the host.
+	partitions int
+	modes      []string
+	cluster    bool
+	hot        bool
+	churn      int
 }
 
 func main() {
@@ -66,7 +64,8 @@ func main() {
 	flag.IntVar(&o.rawMsgs, "raw-msgs", 20000, "messages per nats bench run")
 	flag.IntVar(&o.requests, "requests", 40000, "requests of the request-path comparison")
 	flag.IntVar(&o.workers, "workers", 32, "WORKER_POOL_SIZE of the host")
-	flag.IntVar(&o.skus, "skus", 256, "SKUs the orders spread over")
+	flag.IntVar(&o.skus, "skus", 16, "SKUs the orders of the sweep spread over (the hot-SKU section compares one SKU with 256)")
+	flag.IntVar(&o.partitions, "partitions", 4, "PARTITIONS of the function host (the cluster rows compare 8 with 1)")
 	flag.IntVar(&o.profileS, "profile", 8, "seconds of host CPU profile taken at full load (0: none)")
 	flag.StringVar(&modes, "modes", "always,default", "fsync modes to run: always (nats.conf) and default (2 min)")
 	flag.BoolVar(&o.cluster, "cluster", true, "also measure a 3-node R3 cluster (deploy/cluster), with fsync always")
@@ -132,7 +131,7 @@ func run(o options) error {
 	rep := report{Machine: machine(), Options: o}
 	// The disk's own limit first, while nothing else runs: one file, the
 	// streams an order writes (ORDERS, KV_stock, KV_gateway), and more.
-	if rep.Disk, err = probeDisk(tmp, []int{1, orderStreams, 8, 32}); err != nil {
+	if rep.Disk, err = probeDisk(tmp, slices.Compact(slices.Sorted(slices.Values([]int{1, o.partitions, 8, 32})))); err != nil {
 		return err
 	}
 	for _, mode := range o.modes {
@@ -347,7 +346,7 @@ func runMode(o options, b bins, dir, mode string) (modeResult, error) {
 	}
 
 	logf("[%s] function host, WORKER_POOL_SIZE=%d", mode, o.workers)
-	host, metricsURL, err := startHost(b, url, o.workers, "LOG_LEVEL=warn", "PPROF=on")
+	host, metricsURL, err := startHost(b, url, o.workers, "LOG_LEVEL=warn", "PPROF=on", fmt.Sprintf("PARTITIONS=%d", o.partitions))
 	if err != nil {
 		return res, err
 	}
@@ -567,14 +566,22 @@ func streamSeqs(url string) (map[string]uint64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	out := map[string]uint64{}
-	for _, s := range []string{"ORDERS", "KV_stock", "KV_payments", "KV_gateway", "DEADLETTERS"} {
-		st, err := js.Stream(ctx, s)
-		if err != nil {
-			return nil, err
-		}
-		out[s] = st.CachedInfo().State.LastSeq
+	streams := js.ListStreams(ctx)
+	for info := range streams.Info() {
+		out[logicalStream(info.Config.Name)] += info.State.LastSeq
 	}
-	return out, nil
+	return out, streams.Err()
+}
+
+// logicalStream names the partitions of a stream by the stream they split
+// (ORDERS_3 is ORDERS), and any other stream by its name.
+func logicalStream(name string) string {
+	if i := strings.LastIndexByte(name, '_'); i > 0 {
+		if _, err := strconv.Atoi(name[i+1:]); err == nil && (name[:i] == "ORDERS" || name[:i] == "KV_stock") {
+			return name[:i]
+		}
+	}
+	return name
 }
 
 // stepTimes reads the mean time each saga step took from /metrics.

@@ -45,6 +45,23 @@ type Settings struct {
 	DeadLetterSubject func(consumer string) string
 	// BucketStream names the stream behind a KV bucket.
 	BucketStream func(bucket string) string
+	// Streams and Buckets list what is behind a stream or bucket a
+	// function names: its partitions, or itself when they are nil.
+	Streams, Buckets func(name string) []string
+}
+
+func (s Settings) streams(name string) []string {
+	if s.Streams == nil {
+		return []string{name}
+	}
+	return s.Streams(name)
+}
+
+func (s Settings) buckets(name string) []string {
+	if s.Buckets == nil {
+		return []string{name}
+	}
+	return s.Buckets(name)
 }
 
 // Inbox is the inbox prefix of role: its replies arrive there, and only
@@ -93,10 +110,15 @@ func For(name string, fns []Function, s Settings) Role {
 	api := s.APIPrefix + "."
 	sub.add(Inbox(name) + ".>")
 	pub.add(api + "INFO") // readiness: JetStream reachable
-	stream := func(name string) { pub.add(api + "STREAM.INFO." + name) }
-	reads := func(name string) {
-		stream(name)
-		pub.add(api+"STREAM.MSG.GET."+name, api+"DIRECT.GET."+name, api+"DIRECT.GET."+name+".>")
+	stream := func(name string) {
+		for _, st := range s.streams(name) {
+			pub.add(api + "STREAM.INFO." + st)
+		}
+	}
+	reads := func(names ...string) {
+		for _, st := range names {
+			pub.add(api+"STREAM.INFO."+st, api+"STREAM.MSG.GET."+st, api+"DIRECT.GET."+st, api+"DIRECT.GET."+st+".>")
+		}
 	}
 	for _, f := range fns {
 		svc := f.Service
@@ -105,36 +127,43 @@ func For(name string, fns []Function, s Settings) Role {
 			sub.add(f.Subject() + " " + s.QueueGroup)
 		}
 		for _, t := range f.Def.Triggers {
-			stream(t.Stream)
 			stream(s.DeadLetterStream)
-			pub.add(
-				api+"CONSUMER.INFO."+t.Stream+"."+t.Durable,
-				api+"CONSUMER.MSG.NEXT."+t.Stream+"."+t.Durable,
-				"$JS.ACK."+t.Stream+"."+t.Durable+".>",
-				s.DeadLetterSubject(t.Durable),
-			)
+			pub.add(s.DeadLetterSubject(t.Durable))
+			for _, st := range s.streams(t.Stream) {
+				pub.add(
+					api+"STREAM.INFO."+st,
+					api+"CONSUMER.INFO."+st+"."+t.Durable,
+					api+"CONSUMER.MSG.NEXT."+st+"."+t.Durable,
+					"$JS.ACK."+st+"."+t.Durable+".>",
+				)
+			}
 		}
 		for _, p := range f.Def.Uses.Publishes {
 			stream(p.Stream)
 			pub.add(p.Subjects...)
 		}
 		for _, st := range f.Def.Uses.Reads {
-			reads(st)
+			reads(s.streams(st)...)
 		}
 		for _, w := range f.Def.Uses.Watches {
-			for _, c := range w.Consumers {
-				pub.add(api + "CONSUMER.INFO." + w.Stream + "." + c)
+			for _, st := range s.streams(w.Stream) {
+				for _, c := range w.Consumers {
+					pub.add(api + "CONSUMER.INFO." + st + "." + c)
+				}
 			}
 		}
 		for _, st := range f.Def.Uses.Deletes {
 			stream(st)
-			pub.add(api + "STREAM.MSG.DELETE." + st)
+			for _, st := range s.streams(st) {
+				pub.add(api + "STREAM.MSG.DELETE." + st)
+			}
 		}
 		for _, b := range f.Def.Uses.Buckets {
-			kv := s.BucketStream(b.Name)
-			reads(kv)
-			if b.Write {
-				pub.add("$KV." + b.Name + ".>")
+			for _, name := range s.buckets(b.Name) {
+				reads(s.BucketStream(name))
+				if b.Write {
+					pub.add("$KV." + name + ".>")
+				}
 			}
 		}
 	}

@@ -16,6 +16,8 @@ import (
 
 	"github.com/kelseyhightower/envconfig"
 
+	"github.com/orderflow/orderflow/runtime/partition"
+
 	"github.com/orderflow/orderflow/runtime/retry"
 )
 
@@ -57,6 +59,10 @@ type Config struct {
 
 	// StreamReplicas of every stream and bucket.
 	StreamReplicas int `envconfig:"STREAM_REPLICAS" default:"1"`
+	// Partitions splits the order events and the stock ledgers into that
+	// many streams and buckets. Fixed when the store is provisioned: a
+	// process with another count refuses to start.
+	Partitions int `envconfig:"PARTITIONS" default:"4"`
 	// DuplicateWindow of the event stream; must outlast the retry horizon.
 	DuplicateWindow time.Duration `envconfig:"EVENT_DUPLICATE_WINDOW" default:"1h"`
 
@@ -238,6 +244,9 @@ func (c Config) Validate() error {
 	}
 	if c.WorkerPoolSize < 1 || c.WorkerPoolSize > 10000 {
 		bad("WORKER_POOL_SIZE", "must be 1..10000, got %d", c.WorkerPoolSize)
+	}
+	if err := partition.Check(c.Partitions); err != nil {
+		bad("PARTITIONS", "%v", err)
 	}
 	if c.StreamReplicas < 1 || c.StreamReplicas > 5 {
 		bad("STREAM_REPLICAS", "must be 1..5, got %d", c.StreamReplicas)

@@ -15,7 +15,7 @@ import (
 // The count is at most a second old: it is a guard, not a ledger.
 type Backlog struct {
 	js        jetstream.JetStream
-	stream    string
+	streams   []string
 	consumers []string
 
 	mu    sync.Mutex
@@ -23,9 +23,10 @@ type Backlog struct {
 	count int
 }
 
-// NewBacklog counts over consumers of stream.
-func NewBacklog(js jetstream.JetStream, stream string, consumers ...string) *Backlog {
-	return &Backlog{js: js, stream: stream, consumers: consumers}
+// NewBacklog counts over consumers of streams (each consumer on every one
+// of them: the partitions of a stream).
+func NewBacklog(js jetstream.JetStream, streams []string, consumers ...string) *Backlog {
+	return &Backlog{js: js, streams: streams, consumers: consumers}
 }
 
 // Count returns the backlog, asking the server at most once a second.
@@ -36,18 +37,20 @@ func (b *Backlog) Count(ctx context.Context) (int, error) {
 		return b.count, nil
 	}
 	n := 0
-	for _, name := range b.consumers {
-		c := startCall(ctx)
-		cons, err := b.js.Consumer(c.ctx, b.stream, name)
-		if err == nil {
-			var info *jetstream.ConsumerInfo
-			info, err = cons.Info(c.ctx)
+	for _, stream := range b.streams {
+		for _, name := range b.consumers {
+			c := startCall(ctx)
+			cons, err := b.js.Consumer(c.ctx, stream, name)
 			if err == nil {
-				n += int(info.NumPending) + info.NumAckPending
+				var info *jetstream.ConsumerInfo
+				info, err = cons.Info(c.ctx)
+				if err == nil {
+					n += int(info.NumPending) + info.NumAckPending
+				}
 			}
-		}
-		if err = c.done("backlog of "+b.stream+"/"+name, err); err != nil {
-			return 0, err
+			if err = c.done("backlog of "+stream+"/"+name, err); err != nil {
+				return 0, err
+			}
 		}
 	}
 	b.at, b.count = time.Now(), n

@@ -62,7 +62,7 @@ func BenchmarkAppend(b *testing.B) {
 	ev := &ordersv1.StockSold{OrderId: "o-1"}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, _, err := log.Append(ctx, state.Event{Subject: "ORDER.o-1.stock_sold", Payload: ev}); err != nil {
+		if _, _, err := log.Append(ctx, state.Event{Subject: eventSubject("o-1", "stock_sold"), Payload: ev}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/orderflow/orderflow/runtime/partition"
 	"github.com/orderflow/orderflow/runtime/state"
 )
 
@@ -30,7 +31,15 @@ var _ state.Store = (*Bucket)(nil)
 
 // OpenBucket binds KV bucket name, creating it first if c.Mode allows.
 func OpenBucket(ctx context.Context, js jetstream.JetStream, name string, c Config) (*Bucket, error) {
-	res := Resources{Buckets: []jetstream.KeyValueConfig{BucketConfig(name, c)}}
+	cfg := BucketConfig(name, c)
+	if logical := c.logicalBucket(name); logical != name {
+		for _, pc := range BucketConfigs(logical, c) {
+			if pc.Bucket == name {
+				cfg = pc
+			}
+		}
+	}
+	res := Resources{Buckets: []jetstream.KeyValueConfig{cfg}}
 	res.Expiring = c.ExpiringBuckets(res)
 	if _, err := Ensure(ctx, js, res, c.Mode.open()); err != nil {
 		return nil, err
@@ -131,4 +140,50 @@ func (b *Bucket) Put(ctx context.Context, key string, value proto.Message, rev u
 		b.writes.done(BucketStream(b.name), err)
 	}
 	return next, err
+}
+
+// Buckets is a state.Store on the partitions of a KV bucket: a key lives in
+// the partition of its slot (partition.Slot), so the keys of a hot SKU's
+// ledgers, say, spread over partitions like those of many SKUs.
+type Buckets struct {
+	parts []*Bucket
+}
+
+var _ state.Store = (*Buckets)(nil)
+
+// OpenStore opens the store behind logical bucket name: its partitions
+// when c partitions it, else the one bucket.
+func OpenStore(ctx context.Context, js jetstream.JetStream, name string, c Config) (state.Store, error) {
+	if !c.partitionedBucket(name) {
+		return OpenBucket(ctx, js, name, c)
+	}
+	res := Resources{Buckets: BucketConfigs(name, c)}
+	res.Expiring = c.ExpiringBuckets(res)
+	if _, err := Ensure(ctx, js, res, c.Mode.open()); err != nil {
+		return nil, err
+	}
+	c.Mode = Lookup // ensured above, the partitions all at once
+	bs := &Buckets{}
+	for _, phys := range c.Buckets(name) {
+		b, err := OpenBucket(ctx, js, phys, c)
+		if err != nil {
+			return nil, err
+		}
+		bs.parts = append(bs.parts, b)
+	}
+	return bs, nil
+}
+
+func (bs *Buckets) part(key string) *Bucket {
+	return bs.parts[partition.Of(partition.Slot(key), len(bs.parts))]
+}
+
+// Get implements state.Store.
+func (bs *Buckets) Get(ctx context.Context, key string, into proto.Message) (uint64, error) {
+	return bs.part(key).Get(ctx, key, into)
+}
+
+// Put implements state.Store.
+func (bs *Buckets) Put(ctx context.Context, key string, value proto.Message, rev uint64) (uint64, error) {
+	return bs.part(key).Put(ctx, key, value, rev)
 }

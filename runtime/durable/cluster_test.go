@@ -108,12 +108,12 @@ func TestR3ExpectedSequenceConflicts(t *testing.T) {
 		wg.Go(func() {
 			for i := range each {
 				e := state.Event{
-					Subject: fmt.Sprintf("ORDER.race.w%d-%d", w, i),
+					Subject: eventSubject("race", fmt.Sprintf("w%d-%d", w, i)),
 					ID:      fmt.Sprintf("race/w%d-%d", w, i),
 					Payload: &ordersv1.CancelRequested{OrderId: "race"},
 				}
 				for attempt := 1; ; attempt++ {
-					recs, err := log.Read(ctx, "ORDER.race.>")
+					recs, err := log.Read(ctx, eventSubject("race", ">"))
 					if err != nil {
 						errs <- err
 						break
@@ -122,7 +122,7 @@ func TestR3ExpectedSequenceConflicts(t *testing.T) {
 					if len(recs) > 0 {
 						last = recs[len(recs)-1].Sequence
 					}
-					e.IfLast = &state.Last{Filter: "ORDER.race.>", Sequence: last}
+					e.IfLast = &state.Last{Filter: eventSubject("race", ">"), Sequence: last}
 					_, _, err = log.Append(ctx, e)
 					if errors.Is(err, state.ErrConflict) {
 						conflicts.Add(1)
@@ -142,7 +142,7 @@ func TestR3ExpectedSequenceConflicts(t *testing.T) {
 	for err := range errs {
 		t.Errorf("append failed: %v", err)
 	}
-	recs, err := log.Read(ctx, "ORDER.race.>")
+	recs, err := log.Read(ctx, eventSubject("race", ">"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +171,7 @@ func TestR3ReadsSeeAcknowledgedWrites(t *testing.T) {
 	}
 	leader := c.StreamLeader(durable.BucketStream("r3read"))
 	follower := (leader + 1) % 3
-	if c.StreamLeader(durable.EventStream) == follower {
+	if c.StreamLeader(durable.Config{}.Streams(durable.EventStream)[0]) == follower {
 		follower = (leader + 2) % 3
 	}
 	onFollower := runtimetest.JetStream(t, runtimetest.Connect(t, c.Servers[follower]))
@@ -201,11 +201,11 @@ func TestR3ReadsSeeAcknowledgedWrites(t *testing.T) {
 			} else {
 				rev = r
 			}
-			seq, _, err := log.Append(ctx, state.Event{Subject: fmt.Sprintf("ORDER.%s.%d", round, i), Payload: &ordersv1.CancelRequested{}})
+			seq, _, err := log.Append(ctx, state.Event{Subject: eventSubject(round, fmt.Sprint(i)), Payload: &ordersv1.CancelRequested{}})
 			if err != nil {
 				t.Fatalf("%s: append %d: %v", round, i, err)
 			}
-			recs, err := log.Read(ctx, "ORDER."+round+".>")
+			recs, err := log.Read(ctx, eventSubject(round, ">"))
 			if err != nil {
 				t.Fatalf("%s: read %d: %v", round, i, err)
 			}
@@ -235,7 +235,7 @@ func TestR3ReadsSeeAcknowledgedWrites(t *testing.T) {
 		if _, err := writer.Put(ctx, "k", level("k", int32(1000+i)), rev); err != nil {
 			t.Fatalf("put while a follower is down: %v", err)
 		}
-		if _, _, err := wlog.Append(ctx, state.Event{Subject: fmt.Sprintf("ORDER.down.%d", i), Payload: &ordersv1.CancelRequested{}}); err != nil {
+		if _, _, err := wlog.Append(ctx, state.Event{Subject: eventSubject("down", fmt.Sprint(i)), Payload: &ordersv1.CancelRequested{}}); err != nil {
 			t.Fatalf("append while a follower is down: %v", err)
 		}
 		rev++ // one message per put in the bucket's stream

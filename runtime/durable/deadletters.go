@@ -17,6 +17,7 @@ import (
 
 	runtimev1 "github.com/orderflow/orderflow/proto/gen/runtime/v1"
 	"github.com/orderflow/orderflow/runtime/deadletter"
+	"github.com/orderflow/orderflow/runtime/partition"
 	"github.com/orderflow/orderflow/runtime/state"
 )
 
@@ -52,6 +53,7 @@ type DeadLetters struct {
 	stream string
 	tracer trace.Tracer
 	writes *Writes
+	cfg    Config
 }
 
 // OpenDeadLetters binds the dead-letter stream, creating it first if
@@ -60,7 +62,7 @@ func OpenDeadLetters(ctx context.Context, js jetstream.JetStream, c Config) (*De
 	if _, err := Ensure(ctx, js, Resources{Streams: []jetstream.StreamConfig{DeadLetterStreamConfig(c)}}, c.Mode.open()); err != nil {
 		return nil, err
 	}
-	return &DeadLetters{js: js, stream: DeadLetterStream, tracer: c.tracer(), writes: c.Writes}, nil
+	return &DeadLetters{js: js, stream: DeadLetterStream, tracer: c.tracer(), writes: c.Writes, cfg: c}, nil
 }
 
 // Put stores a dead letter on DEADLETTER.<consumer>. Its message id is the
@@ -143,7 +145,8 @@ func (d *DeadLetters) Replay(ctx context.Context, seq uint64, t deadletter.Targe
 			hdr.Add(h.GetName(), h.GetValue())
 		}
 	}
-	if err := t.Allows(dl.GetStream(), dl.GetSubject(), hdr, dl.GetData()); err != nil {
+	from, to := d.origin(dl, t)
+	if err := t.Allows(from, dl.GetSubject(), hdr, dl.GetData()); err != nil {
 		return nil, fmt.Errorf("dead letter %d: %w", seq, err)
 	}
 	if t.Done != nil {
@@ -165,7 +168,7 @@ func (d *DeadLetters) Replay(ctx context.Context, seq uint64, t deadletter.Targe
 	m.Header.Set(jetstream.MsgIDHeader, "replay/"+d.stream+"/"+strconv.FormatUint(seq, 10))
 	m.Header.Set("Orderflow-Replayed-From", strconv.FormatUint(seq, 10))
 	// The message must land in the target stream and nowhere else.
-	ack, err := d.js.PublishMsg(ctx, m, jetstream.WithExpectStream(t.Stream))
+	ack, err := d.js.PublishMsg(ctx, m, jetstream.WithExpectStream(to))
 	if err != nil {
 		return nil, classify(false, fmt.Sprintf("replay %d to %s", seq, dl.GetSubject()), err)
 	}
@@ -207,7 +210,8 @@ func (d *DeadLetters) Sweep(ctx context.Context, age time.Duration, t deadletter
 			for _, h := range dl.GetHeaders() {
 				hdr.Add(h.GetName(), h.GetValue())
 			}
-			gone := t.Allows(dl.GetStream(), dl.GetSubject(), hdr, dl.GetData()) != nil
+			from, _ := d.origin(dl, t)
+			gone := t.Allows(from, dl.GetSubject(), hdr, dl.GetData()) != nil
 			if !gone && t.Done != nil {
 				if gone, err = t.Done(ctx, dl.GetSubject()); err != nil {
 					return swept, err
@@ -222,4 +226,22 @@ func (d *DeadLetters) Sweep(ctx context.Context, age time.Duration, t deadletter
 			swept++
 		}
 	}
+}
+
+// origin is the stream dl's message came from as t names streams (the
+// event stream, for a message of the partition its subject belongs to),
+// and the stream a replay must land in: the subject's partition.
+func (d *DeadLetters) origin(dl *runtimev1.DeadLetter, t deadletter.Target) (from, to string) {
+	to = t.Stream
+	if t.Stream == EventStream {
+		subject := dl.GetSubject()
+		tok, _, _ := strings.Cut(subject[strings.IndexByte(subject, '.')+1:], ".")
+		if p := partitionOf(tok, d.cfg.parts()); p >= 0 {
+			to = partition.Name(EventStream, p)
+		}
+	}
+	if from = dl.GetStream(); from == to {
+		from = t.Stream
+	}
+	return from, to
 }

@@ -18,10 +18,9 @@ import (
 
 // Names of the JetStream resources orderflow uses.
 const (
-	// EventStream holds the saga events, ORDER.<order_id>.<event>.
+	// EventStream holds the saga events, ORDER.<slot>.<order_id>.<event>,
+	// in Config.Partitions streams ORDERS_<p> (EventStreamConfigs).
 	EventStream = "ORDERS"
-	// EventSubjects is the subject space of EventStream.
-	EventSubjects = "ORDER.>"
 )
 
 // Config sizes the resources.
@@ -45,6 +44,12 @@ type Config struct {
 	// Writes, when set, learns whether each write was stored or refused
 	// for lack of room, for readiness.
 	Writes *Writes
+	// Partitions splits the event stream, and the buckets named in
+	// PartitionedBuckets, into that many streams and buckets, each its own
+	// fsync queue and, on a cluster, its own Raft group (0: 1). A key or
+	// subject's slot (partition.Slot) says which one holds it.
+	Partitions         int
+	PartitionedBuckets []string
 	// Tracing gives publishes a producer span and puts its context in the
 	// message headers (default: no tracing).
 	Tracing trace.TracerProvider
@@ -68,21 +73,35 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// EventStreamConfig is the configuration of the event stream.
+// EventStreamConfig is what every partition of the event stream shares;
+// EventStreamConfigs names them and gives each its slots.
 func EventStreamConfig(c Config) jetstream.StreamConfig {
 	c = c.withDefaults()
 	return jetstream.StreamConfig{
 		Name:        EventStream,
-		Description: "orderflow saga events, ORDER.<order_id>.<event>",
-		Subjects:    []string{EventSubjects},
+		Description: "orderflow saga events",
 		Storage:     jetstream.FileStorage,
 		Retention:   jetstream.LimitsPolicy,
 		Replicas:    c.Replicas,
 		Duplicates:  duplicates(c),
-		MaxAge:      c.Retention,
+		MaxAge:      c.eventAge(),
 		// Direct gets serve an order's history without a consumer.
 		AllowDirect: true,
 	}
+}
+
+// eventAge is how long an order's events are kept: Retention and a margin,
+// so that they outlive the records kept under the order's id. An order id
+// can be used again (a create repeated with its key) only once every event
+// of the order is gone; a record of its earlier life still there then (a
+// sold reservation, a capture) would be taken for the new order's. The
+// servers expire KV records by TTL on a timer of about a second, so the
+// margin is a few seconds at least.
+func (c Config) eventAge() time.Duration {
+	if c.Retention <= 0 {
+		return 0
+	}
+	return c.Retention + min(max(c.Retention/10, 5*time.Second), time.Hour)
 }
 
 // duplicates is the event stream's duplicate window, which the server
@@ -97,7 +116,7 @@ func duplicates(c Config) time.Duration {
 // keyTTL is how long a write under key of bucket lives: Retention for an
 // order's records, 0 (for ever) for the rest.
 func (c Config) keyTTL(bucket string) func(key string) time.Duration {
-	expiring := c.Expiring[bucket]
+	expiring := c.Expiring[c.logicalBucket(bucket)]
 	if c.Retention <= 0 || expiring == nil {
 		return nil
 	}

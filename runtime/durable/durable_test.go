@@ -104,7 +104,7 @@ func TestLogAppendIsIdempotent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ev := state.Event{Subject: "ORDER.o-1.created", ID: "o-1/created", Payload: &ordersv1.OrderCreated{Order: &ordersv1.Order{OrderId: "o-1"}}}
+	ev := state.Event{Subject: eventSubject("o-1", "created"), ID: "o-1/created", Payload: &ordersv1.OrderCreated{Order: &ordersv1.Order{OrderId: "o-1"}}}
 	seq, dup, err := log.Append(ctx, ev)
 	if err != nil || dup {
 		t.Fatalf("first append: seq %d dup %v err %v", seq, dup, err)
@@ -113,14 +113,14 @@ func TestLogAppendIsIdempotent(t *testing.T) {
 	if err != nil || !dup || seq2 != seq {
 		t.Errorf("repeat append: seq %d dup %v err %v, want seq %d dup true", seq2, dup, err, seq)
 	}
-	if _, _, err := log.Append(ctx, state.Event{Subject: "ORDER.o-1.stock_sold", ID: "o-1/stock_sold", Payload: &ordersv1.StockSold{OrderId: "o-1"}}); err != nil {
+	if _, _, err := log.Append(ctx, state.Event{Subject: eventSubject("o-1", "stock_sold"), ID: "o-1/stock_sold", Payload: &ordersv1.StockSold{OrderId: "o-1"}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := log.Append(ctx, state.Event{Subject: "ORDER.o-2.created", ID: "o-2/created", Payload: &ordersv1.OrderCreated{}}); err != nil {
+	if _, _, err := log.Append(ctx, state.Event{Subject: eventSubject("o-2", "created"), ID: "o-2/created", Payload: &ordersv1.OrderCreated{}}); err != nil {
 		t.Fatal(err)
 	}
 
-	recs, err := log.Read(ctx, "ORDER.o-1.>")
+	recs, err := log.Read(ctx, eventSubject("o-1", ">"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +128,7 @@ func TestLogAppendIsIdempotent(t *testing.T) {
 	for _, r := range recs {
 		got = append(got, r.Subject+" "+r.Type)
 	}
-	want := []string{"ORDER.o-1.created orders.v1.OrderCreated", "ORDER.o-1.stock_sold orders.v1.StockSold"}
+	want := []string{eventSubject("o-1", "created") + " orders.v1.OrderCreated", eventSubject("o-1", "stock_sold") + " orders.v1.StockSold"}
 	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
 		t.Errorf("Read = %q, want %q", got, want)
 	}
@@ -136,7 +136,7 @@ func TestLogAppendIsIdempotent(t *testing.T) {
 	if err := proto.Unmarshal(recs[0].Data, &created); err != nil || created.GetOrder().GetOrderId() != "o-1" {
 		t.Errorf("payload = %v (%v)", &created, err)
 	}
-	if recs, err := log.Read(ctx, "ORDER.none.>"); err != nil || len(recs) != 0 {
+	if recs, err := log.Read(ctx, eventSubject("none", ">")); err != nil || len(recs) != 0 {
 		t.Errorf("Read of an unknown order = %v, %v; want nothing", recs, err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -17,27 +18,44 @@ import (
 // reader can decode any event without knowing its subject's convention.
 const EventTypeHeader = "Event-Type"
 
-// Log is a state.Log on a JetStream stream.
+// Log is a state.Log on the partitions of the event stream. A subject's
+// second token is its slot, which names the partition that holds it:
+// appends are routed there by the server, reads by the Log.
 type Log struct {
 	js     jetstream.JetStream
-	stream string
 	tracer trace.Tracer
-	reads  *reads
+	// reads reads each partition, by partition number.
+	reads  []*reads
 	writes *Writes
 }
 
 var _ state.Log = (*Log)(nil)
 
-// OpenLog binds the event stream, creating it first if c.Mode allows.
+// OpenLog binds the event stream's partitions, creating them first if
+// c.Mode allows.
 func OpenLog(ctx context.Context, js jetstream.JetStream, c Config) (*Log, error) {
-	if _, err := Ensure(ctx, js, Resources{Streams: []jetstream.StreamConfig{EventStreamConfig(c)}}, c.Mode.open()); err != nil {
+	if _, err := Ensure(ctx, js, Resources{Streams: EventStreamConfigs(c)}, c.Mode.open()); err != nil {
 		return nil, err
 	}
-	r, err := newReads(ctx, js, EventStream)
-	if err != nil {
-		return nil, err
+	l := &Log{js: js, tracer: c.tracer(), writes: c.Writes}
+	for _, name := range c.Streams(EventStream) {
+		r, err := newReads(ctx, js, name)
+		if err != nil {
+			return nil, err
+		}
+		l.reads = append(l.reads, r)
 	}
-	return &Log{js: js, stream: EventStream, tracer: c.tracer(), reads: r, writes: c.Writes}, nil
+	return l, nil
+}
+
+// partition is the reads of the partition holding subject (or filter),
+// nil for a filter whose slot is a wildcard.
+func (l *Log) partition(subject string) *reads {
+	tok, _, _ := strings.Cut(subject[strings.IndexByte(subject, '.')+1:], ".")
+	if p := partitionOf(tok, len(l.reads)); p >= 0 {
+		return l.reads[p]
+	}
+	return nil
 }
 
 // Append implements state.Log: it publishes with Nats-Msg-Id set to e.ID (if
@@ -66,11 +84,18 @@ func (l *Log) Append(ctx context.Context, e state.Event) (uint64, bool, error) {
 	case e.IfLast != nil:
 		opts = append(opts, jetstream.WithExpectLastSequenceForSubject(e.IfLast.Sequence, e.IfLast.Filter))
 	}
+	r := l.partition(e.Subject)
+	if r == nil {
+		return 0, false, fmt.Errorf("publish %s: not an event subject with a slot", e.Subject)
+	}
+	// The partition is named, so a subject no partition holds is refused
+	// instead of landing in whatever stream claims it.
+	opts = append(opts, jetstream.WithExpectStream(r.stream))
 	c := startCall(ctx)
 	ack, err := l.js.PublishMsg(c.ctx, m, opts...)
 	err = c.done("publish "+e.Subject, err)
 	if !errors.Is(err, state.ErrConflict) {
-		l.writes.done(l.stream, err)
+		l.writes.done(r.stream, err)
 	}
 	if e.Once && errors.Is(err, state.ErrConflict) {
 		endPublish(span, ack, nil)
@@ -91,8 +116,12 @@ const historyBatch = 1000
 // batch get (which any replica may answer) is used only if it reaches that
 // event; else the events are read from the leader one by one.
 func (l *Log) Read(ctx context.Context, filter string) ([]state.Record, error) {
+	r := l.partition(filter)
+	if r == nil {
+		return nil, fmt.Errorf("read %s: the filter names no slot", filter)
+	}
 	c := startCall(ctx)
-	last, err := l.reads.leaderGet(c.ctx, msgGetRequest{LastFor: filter})
+	last, err := r.leaderGet(c.ctx, msgGetRequest{LastFor: filter})
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		c.cancel()
 		return nil, nil
@@ -101,32 +130,41 @@ func (l *Log) Read(ctx context.Context, filter string) ([]state.Record, error) {
 		return nil, err
 	}
 	c = startCall(ctx)
-	recs, err := l.readDirect(c.ctx, filter)
+	recs, err := l.readDirect(c.ctx, r.stream, filter)
 	c.cancel()
 	if err == nil && len(recs) > 0 && recs[len(recs)-1].Sequence >= last.Sequence {
 		return recs, nil
 	}
 	c = startCall(ctx)
-	recs, err = l.readLeader(c.ctx, filter)
+	recs, err = readLeader(c.ctx, r, filter)
 	return recs, c.done("read "+filter, err)
 }
 
-// Last implements state.Log, from the stream leader.
+// Last implements state.Log, from the stream leader. A filter whose slot is
+// a wildcard is asked of every partition, and any match is returned (the
+// sequences of two partitions do not compare).
 func (l *Log) Last(ctx context.Context, filter string) (state.Record, bool, error) {
-	c := startCall(ctx)
-	m, err := l.reads.leaderGet(c.ctx, msgGetRequest{LastFor: filter})
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		c.cancel()
-		return state.Record{}, false, nil
+	parts := l.reads
+	if r := l.partition(filter); r != nil {
+		parts = []*reads{r}
 	}
-	if err = c.done("last of "+filter, err); err != nil {
-		return state.Record{}, false, err
+	for _, r := range parts {
+		c := startCall(ctx)
+		m, err := r.leaderGet(c.ctx, msgGetRequest{LastFor: filter})
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			c.cancel()
+			continue
+		}
+		if err = c.done("last of "+filter, err); err != nil {
+			return state.Record{}, false, err
+		}
+		return record(m), true, nil
 	}
-	return record(m), true, nil
+	return state.Record{}, false, nil
 }
 
-func (l *Log) readDirect(ctx context.Context, filter string) ([]state.Record, error) {
-	it, err := jetstreamext.GetBatch(ctx, l.js, l.stream, historyBatch, jetstreamext.GetBatchSubject(filter))
+func (l *Log) readDirect(ctx context.Context, stream, filter string) ([]state.Record, error) {
+	it, err := jetstreamext.GetBatch(ctx, l.js, stream, historyBatch, jetstreamext.GetBatchSubject(filter))
 	if err != nil {
 		return nil, err
 	}
@@ -145,10 +183,10 @@ func (l *Log) readDirect(ctx context.Context, filter string) ([]state.Record, er
 
 // readLeader reads the matching events from the stream leader, one request
 // each: the slow path, for a replica that lags.
-func (l *Log) readLeader(ctx context.Context, filter string) ([]state.Record, error) {
+func readLeader(ctx context.Context, r *reads, filter string) ([]state.Record, error) {
 	var out []state.Record
 	for seq := uint64(1); len(out) < historyBatch; {
-		m, err := l.reads.leaderGet(ctx, msgGetRequest{NextFor: filter, Seq: seq})
+		m, err := r.leaderGet(ctx, msgGetRequest{NextFor: filter, Seq: seq})
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			break
 		}

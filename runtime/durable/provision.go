@@ -157,6 +157,9 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.Str
 		if mode == Lookup {
 			return a, fmt.Errorf("stream %s %w", cfg.Name, ErrMissing)
 		}
+		if err := refuseLegacy(ctx, js, "stream", cfg.Metadata); err != nil {
+			return a, err
+		}
 		err = once(ctx, func(ctx context.Context) error { _, err := js.CreateStream(ctx, cfg); return err })
 		if err == nil {
 			a.Did = "created"
@@ -172,6 +175,9 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.Str
 		return a, classify(false, "stream "+cfg.Name, err)
 	}
 	have := s.CachedInfo().Config
+	if err := checkLayout("stream", cfg.Name, have.Metadata, cfg.Metadata); err != nil {
+		return a, err
+	}
 	a.Differs = streamDiff(have, cfg)
 	if a.Differs != "" && mode >= Apply {
 		next, kept := owned(have, cfg, mode == ApplyForce)
@@ -289,6 +295,9 @@ func ensureBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.Key
 		if mode == Lookup {
 			return a, fmt.Errorf("bucket %s %w", cfg.Bucket, ErrMissing)
 		}
+		if err := refuseLegacy(ctx, js, "bucket", cfg.Metadata); err != nil {
+			return a, err
+		}
 		err = once(ctx, func(ctx context.Context) error { _, err := js.CreateKeyValue(ctx, cfg); return err })
 		if err == nil && ttls {
 			// KV buckets are made without per-message TTLs (with them,
@@ -315,6 +324,9 @@ func ensureBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.Key
 	backing := jetstream.StreamConfig{}
 	if kvs, ok := st.(*jetstream.KeyValueBucketStatus); ok {
 		backing = kvs.StreamInfo().Config
+	}
+	if err := checkLayout("bucket", cfg.Bucket, backing.Metadata, cfg.Metadata); err != nil {
+		return a, err
 	}
 	var d []string
 	if have.Replicas != cfg.Replicas {
@@ -476,7 +488,7 @@ func ForFunctions(defs []function.Definition, c Config) (Resources, error) {
 	for _, name := range slices.Sorted(maps.Keys(streams)) {
 		switch name {
 		case EventStream:
-			r.Streams = append(r.Streams, EventStreamConfig(c))
+			r.Streams = append(r.Streams, EventStreamConfigs(c)...)
 		case DeadLetterStream:
 			r.Streams = append(r.Streams, DeadLetterStreamConfig(c))
 		default:
@@ -484,18 +496,19 @@ func ForFunctions(defs []function.Definition, c Config) (Resources, error) {
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(buckets)) {
-		r.Buckets = append(r.Buckets, BucketConfig(name, c))
+		r.Buckets = append(r.Buckets, BucketConfigs(name, c)...)
 	}
 	r.Expiring = c.ExpiringBuckets(r)
 	return r, nil
 }
 
-// HasStream reports whether r declares stream name.
+// HasStream reports whether r declares stream name, or a partition of it.
 func (r Resources) HasStream(name string) bool {
-	return slices.ContainsFunc(r.Streams, func(s jetstream.StreamConfig) bool { return s.Name == name })
+	return slices.ContainsFunc(r.Streams, func(s jetstream.StreamConfig) bool { return s.Name == name || s.Metadata[PartitionOfKey] == name })
 }
 
-// HasBucket reports whether r declares KV bucket name.
+// HasBucket reports whether r declares KV bucket name, or a partition of
+// it.
 func (r Resources) HasBucket(name string) bool {
-	return slices.ContainsFunc(r.Buckets, func(b jetstream.KeyValueConfig) bool { return b.Bucket == name })
+	return slices.ContainsFunc(r.Buckets, func(b jetstream.KeyValueConfig) bool { return b.Bucket == name || b.Metadata[PartitionOfKey] == name })
 }

@@ -14,14 +14,14 @@ import (
 	"github.com/orderflow/orderflow/runtime/telemetry"
 )
 
-// template names a subject without its high-cardinality key, for span names:
-// ORDER.<id>.created is ORDER.*.created.
+// template names a subject without its high-cardinality tokens, for span
+// names: ORDER.<slot>.<id>.created is ORDER.*.*.created.
 func template(subject string) string {
 	first, last := strings.IndexByte(subject, '.'), strings.LastIndexByte(subject, '.')
-	if first < 0 || first == last || strings.Contains(subject[first+1:last], ".") {
+	if first < 0 || first == last {
 		return subject
 	}
-	return subject[:first] + ".*" + subject[last:]
+	return subject[:first] + strings.Repeat(".*", strings.Count(subject[first:last], ".")) + subject[last:]
 }
 
 // startPublish opens a producer span for m and writes its context into m's

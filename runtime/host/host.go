@@ -28,6 +28,7 @@ import (
 	"github.com/orderflow/orderflow/runtime/durable"
 	"github.com/orderflow/orderflow/runtime/function"
 	"github.com/orderflow/orderflow/runtime/middleware"
+	"github.com/orderflow/orderflow/runtime/retry"
 	"github.com/orderflow/orderflow/runtime/telemetry"
 )
 
@@ -146,24 +147,39 @@ func (h *Host) Add(svc function.Service, def function.Definition) error {
 				return fmt.Errorf("%w: %s: consumer %s is used twice", ErrConfig, subject, t.Durable)
 			}
 		}
-		h.triggers = append(h.triggers, &trigger{
-			e:         e,
-			t:         t,
-			handler:   function.Chain(t.Handler, msgChain...),
-			policy:    policy,
-			ackWait:   h.opts.ackWait,
-			dead:      h.opts.dead,
-			log:       h.opts.log,
-			metrics:   h.opts.metrics.forTrigger(subject, t.Durable),
-			outage:    h.opts.outage,
-			provision: h.opts.provision,
-			outageLog: h.outageLog,
-			quit:      make(chan struct{}),
-			done:      make(chan struct{}),
-		})
+		streams := h.opts.streams(t.Stream)
+		for _, stream := range streams {
+			t := t
+			t.Stream = stream
+			tr := h.newTrigger(e, t, msgChain, policy, subject)
+			// The partitions share the workers: together they hold about
+			// as many messages as the workers can take, so none waits in
+			// this pod long enough for its ack wait to run out.
+			tr.batch = max(1, cap(e.slots)/len(streams))
+			h.triggers = append(h.triggers, tr)
+		}
 	}
 	s.endpoints = append(s.endpoints, e)
 	return nil
+}
+
+// newTrigger is the trigger of t, a trigger on one stream, for e.
+func (h *Host) newTrigger(e *endpoint, t function.Trigger, msgChain []function.Middleware, policy retry.Policy, subject string) *trigger {
+	return &trigger{
+		e:         e,
+		t:         t,
+		handler:   function.Chain(t.Handler, msgChain...),
+		policy:    policy,
+		ackWait:   h.opts.ackWait,
+		dead:      h.opts.dead,
+		log:       h.opts.log,
+		metrics:   h.opts.metrics.forTrigger(subject, t.Durable),
+		outage:    h.opts.outage,
+		provision: h.opts.provision,
+		outageLog: h.outageLog,
+		quit:      make(chan struct{}),
+		done:      make(chan struct{}),
+	}
 }
 
 // chainIf chains h with mw, or is nil for a function without a handler.

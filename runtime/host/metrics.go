@@ -113,13 +113,13 @@ func (f fnMetrics) observe(d time.Duration, code string) {
 func (h *Host) Collector() prometheus.Collector {
 	return &consumerCollector{h: h,
 		pending: prometheus.NewDesc("orderflow_consumer_pending_messages",
-			"Messages in the stream not yet delivered to the consumer.", []string{"function", "consumer"}, nil),
+			"Messages in the stream not yet delivered to the consumer.", []string{"function", "stream", "consumer"}, nil),
 		ackPending: prometheus.NewDesc("orderflow_consumer_ack_pending_messages",
-			"Messages delivered and not yet acknowledged (in progress or waiting for a retry).", []string{"function", "consumer"}, nil),
+			"Messages delivered and not yet acknowledged (in progress or waiting for a retry).", []string{"function", "stream", "consumer"}, nil),
 		redelivered: prometheus.NewDesc("orderflow_consumer_redelivered_messages",
-			"Messages delivered more than once and not yet acknowledged.", []string{"function", "consumer"}, nil),
+			"Messages delivered more than once and not yet acknowledged.", []string{"function", "stream", "consumer"}, nil),
 		up: prometheus.NewDesc("orderflow_consumer_info_up",
-			"1 when the consumer's state could be read at this scrape.", []string{"function", "consumer"}, nil),
+			"1 when the consumer's state could be read at this scrape.", []string{"function", "stream", "consumer"}, nil),
 	}
 }
 
@@ -140,7 +140,7 @@ func (c *consumerCollector) Collect(ch chan<- prometheus.Metric) {
 	triggers := slices.Clone(c.h.triggers)
 	c.h.mu.Unlock()
 	for _, tr := range triggers {
-		labels := []string{tr.e.subject, tr.t.Durable}
+		labels := []string{tr.e.subject, tr.t.Stream, tr.t.Durable}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		cons, err := c.h.js.Consumer(ctx, tr.t.Stream, tr.t.Durable)
 		cancel()

@@ -27,6 +27,7 @@ type options struct {
 	tracer     trace.Tracer
 	outage     time.Duration
 	provision  durable.Mode
+	streams    func(string) []string
 }
 
 func defaults() options {
@@ -38,6 +39,7 @@ func defaults() options {
 		retry:   retry.Default,
 		ackWait: 30 * time.Second,
 		tracer:  noop.NewTracerProvider().Tracer(""),
+		streams: durable.Config{}.Streams,
 		outage:  2 * time.Minute,
 	}
 }
@@ -136,6 +138,20 @@ func WithOutageHorizon(d time.Duration) Option {
 func WithProvisioning(m durable.Mode) Option {
 	return func(o *options) error {
 		o.provision = m
+		return nil
+	}
+}
+
+// WithStreams says which streams are behind a stream a trigger names: the
+// partitions of a partitioned stream (durable.Config.Streams). A trigger
+// consumes each of them through a consumer of the same durable name, all
+// sharing the function's workers.
+func WithStreams(fn func(stream string) []string) Option {
+	return func(o *options) error {
+		if fn == nil {
+			return fmt.Errorf("%w: WithStreams needs a function", ErrConfig)
+		}
+		o.streams = fn
 		return nil
 	}
 }

@@ -34,6 +34,8 @@ type trigger struct {
 	handler function.Handler
 	policy  retry.Policy
 	ackWait time.Duration
+	// batch is how many messages one pull asks for.
+	batch   int
 	dead    DeadLetterSink
 	log     *slog.Logger
 	metrics trigMetrics
@@ -134,7 +136,7 @@ func (tr *trigger) consume(c jetstream.Consumer, wg *sync.WaitGroup) bool {
 	// consumer's leader dies with this pod's pull requests, the pod notices
 	// within seconds and pulls from the new leader, instead of idling for up
 	// to a minute while the messages wait.
-	it, err := c.Messages(jetstream.PullMaxMessages(cap(tr.e.slots)), jetstream.PullExpiry(pullExpiry))
+	it, err := c.Messages(jetstream.PullMaxMessages(tr.batch), jetstream.PullExpiry(pullExpiry))
 	if err != nil {
 		tr.log.Warn("consume failed", "consumer", tr.t.Durable, "error", err)
 		return tr.stopped()

@@ -18,10 +18,11 @@ import (
 	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
 	"github.com/orderflow/orderflow/runtime/deadletter"
 	"github.com/orderflow/orderflow/runtime/function"
+	"github.com/orderflow/orderflow/runtime/partition"
 	"github.com/orderflow/orderflow/runtime/state"
 )
 
-// Event names: the last token of the subject ORDER.<order_id>.<event>.
+// Event names: the last token of the subject ORDER.<slot>.<order_id>.<event>.
 const (
 	Created         = "created"
 	StockReserved   = "stock_reserved"
@@ -34,7 +35,11 @@ const (
 	PaymentRefunded = "payment_refunded"
 )
 
-// Stream is the stream the order events live in.
+// Stream is the stream the order events live in: the runtime splits it
+// into partitions (ORDERS_0, ORDERS_1, ...), each holding the events of the
+// orders whose slot it owns. An order's slot is the hash of its id
+// (partition.Slot), the subject's second token, so any reader finds its
+// events from its id alone, whatever the partition count.
 const Stream = "ORDERS"
 
 // types are the payload of each event, by its name in the subject. An event
@@ -57,15 +62,16 @@ var types = map[string]proto.Message{
 var ErrForeignEvent = errors.New("not an order event")
 
 // CheckEvent reports whether a message on subject with type header typ is
-// an order event: ORDER.<order_id>.<event> with the event's own type.
+// an order event: ORDER.<slot>.<order_id>.<event> on the order's own slot,
+// with the event's own type.
 func CheckEvent(subject, typ string) error {
-	parts := strings.Split(subject, ".")
-	if len(parts) != 3 || parts[0] != "ORDER" || parts[1] == "" {
-		return fmt.Errorf("%w: subject %q is not ORDER.<order_id>.<event>", ErrForeignEvent, subject)
+	id, event := split(subject)
+	if id == "" {
+		return fmt.Errorf("%w: subject %q is not ORDER.<slot>.<order_id>.<event> on the order's slot", ErrForeignEvent, subject)
 	}
-	want, ok := types[parts[2]]
+	want, ok := types[event]
 	if !ok {
-		return fmt.Errorf("%w: unknown event %q", ErrForeignEvent, parts[2])
+		return fmt.Errorf("%w: unknown event %q", ErrForeignEvent, event)
 	}
 	if name := string(want.ProtoReflect().Descriptor().FullName()); typ != name {
 		return fmt.Errorf("%w: %s carries type %q, want %s", ErrForeignEvent, subject, typ, name)
@@ -94,7 +100,7 @@ func ReplayTarget(log state.Log) deadletter.Target {
 
 var replayTarget = deadletter.Target{
 	Stream:  Stream,
-	Subject: "ORDER.*.*",
+	Subject: "ORDER.*.*.*",
 	Headers: []string{durableEventType, "Content-Type", "traceparent", "tracestate"},
 	Check: func(subject string, header map[string][]string, data []byte) error {
 		typ := ""
@@ -106,7 +112,8 @@ var replayTarget = deadletter.Target{
 		if err := CheckEvent(subject, typ); err != nil {
 			return err
 		}
-		msg := types[strings.Split(subject, ".")[2]].ProtoReflect().New().Interface()
+		_, event := split(subject)
+		msg := types[event].ProtoReflect().New().Interface()
 		if err := proto.Unmarshal(data, msg); err != nil {
 			return fmt.Errorf("%w: %s does not decode as %s: %v", ErrForeignEvent, subject, typ, err)
 		}
@@ -118,23 +125,35 @@ var replayTarget = deadletter.Target{
 const durableEventType = "Event-Type"
 
 // On is the subject filter of one event across all orders, for triggers.
-func On(event string) string { return "ORDER.*." + event }
+func On(event string) string { return "ORDER.*.*." + event }
 
 // OrderID returns the order id of an event subject, or "" for a subject
-// that is not an order event.
+// that is not an order event on its order's slot.
 func OrderID(subject string) string {
+	id, _ := split(subject)
+	return id
+}
+
+// split returns the order id and event name of subject, or "" for a
+// subject that is not ORDER.<slot>.<order_id>.<event> on the order's slot.
+func split(subject string) (id, event string) {
 	parts := strings.Split(subject, ".")
-	if len(parts) != 3 || parts[0] != "ORDER" || parts[1] == "" {
-		return ""
+	if len(parts) != 4 || parts[0] != "ORDER" || parts[2] == "" || parts[1] != partition.Token(parts[2]) {
+		return "", ""
 	}
-	return parts[1]
+	return parts[2], parts[3]
 }
 
 // Subject is where an order's event is published.
-func Subject(orderID, event string) string { return "ORDER." + orderID + "." + event }
+func Subject(orderID, event string) string { return prefix(orderID) + event }
 
 // Filter matches every event of one order.
-func Filter(orderID string) string { return "ORDER." + orderID + ".>" }
+func Filter(orderID string) string { return prefix(orderID) + ">" }
+
+// prefix is "ORDER.<slot>.<order_id>.".
+func prefix(orderID string) string {
+	return "ORDER." + partition.Token(orderID) + "." + orderID + "."
+}
 
 // Event builds the log entry for an order's event. Each event happens once
 // per order: a repeat (a redelivered step) finds it stored and is a
@@ -330,7 +349,8 @@ func (o Observer) Observe(status ordersv1.OrderStatus, created, now time.Time) {
 
 // decode decodes an event that CheckEvent accepted.
 func decode(r state.Record) (proto.Message, error) {
-	msg := types[r.Subject[strings.LastIndexByte(r.Subject, '.')+1:]].ProtoReflect().New().Interface()
+	_, event := split(r.Subject)
+	msg := types[event].ProtoReflect().New().Interface()
 	if err := proto.Unmarshal(r.Data, msg); err != nil {
 		return nil, fmt.Errorf("event %s #%d: %w", r.Subject, r.Sequence, err)
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/orderflow/orderflow/functions/internal/orderlog"
 	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
 	"github.com/orderflow/orderflow/runtime/function"
+	"github.com/orderflow/orderflow/runtime/partition"
 	"github.com/orderflow/orderflow/runtime/state"
 )
 
@@ -103,13 +104,15 @@ func TestFoldIgnoresForeignMessages(t *testing.T) {
 	noType.Type = ""
 	wrongType := rec(orderlog.PaymentCharged, &ordersv1.StockSold{OrderId: "o-1"})
 	unknown := charged
-	unknown.Subject = "ORDER.o-1.free_money"
+	unknown.Subject = orderlog.Subject("o-1", "free_money")
+	wrongSlot := charged
+	wrongSlot.Subject = "ORDER.99.o-1.payment_charged"
 	corrupt := charged
 	corrupt.Data = []byte("\xff")
 	evil := charged
 	evil.Type = "evil.Type"
 	for name, foreign := range map[string]state.Record{"no type": noType, "type of another event": wrongType,
-		"unknown event": unknown, "corrupt payload": corrupt, "unknown type": evil} {
+		"unknown event": unknown, "corrupt payload": corrupt, "unknown type": evil, "another slot": wrongSlot} {
 		t.Run(name, func(t *testing.T) {
 			recs := seq(created, reserved, foreign)
 			got, err := orderlog.Fold(recs)
@@ -125,18 +128,23 @@ func TestFoldIgnoresForeignMessages(t *testing.T) {
 			}
 		})
 	}
-	if err := orderlog.CheckEvent("ORDER.o-1.payment_charged", "orders.v1.PaymentCharged"); err != nil {
+	if err := orderlog.CheckEvent(orderlog.Subject("o-1", orderlog.PaymentCharged), "orders.v1.PaymentCharged"); err != nil {
 		t.Errorf("CheckEvent of a real event: %v", err)
 	}
 }
 
 func TestOrderID(t *testing.T) {
+	slot := partition.Token("o-1")
+	other := partition.Token("o-2")
 	for subject, want := range map[string]string{
-		"ORDER.o-1.created": "o-1",
-		"ORDER.o-1":         "",
-		"DEADLETTER.x":      "",
-		"ORDER..created":    "",
-		"ORDER.a.b.c":       "",
+		"ORDER." + slot + ".o-1.created":  "o-1",
+		orderlog.Subject("o-1", "x"):      "o-1",
+		"ORDER." + other + ".o-1.created": "", // not the order's slot
+		"ORDER.o-1.created":               "", // the layout before partitions
+		"ORDER." + slot + ".o-1":          "",
+		"DEADLETTER.x":                    "",
+		"ORDER." + slot + "..created":     "",
+		"ORDER.a.b.c.d":                   "",
 	} {
 		if got := orderlog.OrderID(subject); got != want {
 			t.Errorf("OrderID(%q) = %q, want %q", subject, got, want)
