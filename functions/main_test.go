@@ -817,3 +817,51 @@ func stockBucket(key string) string {
 	bs := layout().Buckets(inventory.Bucket)
 	return bs[partition.Of(partition.Slot(key), len(bs))]
 }
+
+// A host refuses, at once and as a configuration error, a store of the
+// layout before partitions and one provisioned with another PARTITIONS,
+// saying what to do; it makes no partition beside them.
+func TestStoreOfAnotherLayoutIsRefused(t *testing.T) {
+	tests := []struct {
+		name    string
+		prepare func(t *testing.T, js jetstream.JetStream, url string)
+		want    string
+	}{
+		{"before partitions", func(t *testing.T, js jetstream.JetStream, _ string) {
+			if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "ORDERS", Subjects: []string{"ORDER.>"}}); err != nil {
+				t.Fatal(err)
+			}
+		}, "layout from before partitions"},
+		{"another partition count", func(t *testing.T, _ jetstream.JetStream, url string) {
+			cfg := testConfig(url)
+			cfg.Partitions = 8
+			sys, err := start(context.Background(), cfg, io.Discard, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := sys.shutdown(); err != nil {
+				t.Fatal(err)
+			}
+		}, "set PARTITIONS=8"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := runtimetest.StartNATS(t)
+			js := runtimetest.JetStream(t, runtimetest.Connect(t, srv))
+			tt.prepare(t, js, srv.ClientURL())
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			sys, err := start(ctx, testConfig(srv.ClientURL()), io.Discard, nil)
+			if err == nil {
+				_ = sys.shutdown()
+				t.Fatal("the host started on a store it cannot read")
+			}
+			if !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("start: %v, want a configuration error saying %q", err, tt.want)
+			}
+			if _, err := js.Stream(ctx, "ORDERS_1"); !errors.Is(err, jetstream.ErrStreamNotFound) && tt.name == "before partitions" {
+				t.Errorf("ORDERS_1 after the refusal: %v, want none made", err)
+			}
+		})
+	}
+}
