@@ -184,7 +184,9 @@ func runCluster(o options, b bins, dir string, clients int) (clusterResult, erro
 		return res, err
 	}
 	logf("[r3] %d orders, %d clients, one partition", o.orders, clients)
+	cpu := startCPU(0, host.Process.Pid)
 	res.OnePartition, err = load("--orders", strconv.Itoa(o.orders), "--clients", strconv.Itoa(clients), "--run", fmt.Sprintf("r3-p1-c%d", clients))
+	res.OnePartition.CPU = cpu.stop()
 	stopProcess(host)
 	if err != nil {
 		return res, err
@@ -201,9 +203,11 @@ func runCluster(o options, b bins, dir string, clients int) (clusterResult, erro
 	}
 	defer stopProcess(host)
 	logf("[r3] %d orders, %d clients, %d partitions", o.orders, clients, clusterPartitions)
+	cpu = startCPU(0, host.Process.Pid)
 	if res.Load, err = load("--orders", strconv.Itoa(o.orders), "--clients", strconv.Itoa(clients), "--run", fmt.Sprintf("r3-c%d", clients)); err != nil {
 		return res, err
 	}
+	res.Load.CPU = cpu.stop()
 	logf("[r3]   %.1f confirmed/s, create p99 %.2fms", res.Load.ConfirmedPerS, res.Load.CreateP99Ms)
 
 	res.Stall, err = stall(nodes, b.server, url, load, res.Load.ConfirmedPerS/2)

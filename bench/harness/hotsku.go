@@ -64,7 +64,8 @@ type sizeRecorder struct {
 }
 
 func (r *sizeRecorder) record(m *nats.Msg) {
-	key := strings.TrimPrefix(m.Subject, "$KV.stock.")
+	// $KV.stock_<p>.<key>
+	_, key, _ := strings.Cut(strings.TrimPrefix(m.Subject, "$KV."), ".")
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.s.Writes++
@@ -111,7 +112,11 @@ func runHot(o options, b bins, dir string, clients int) (hotResult, error) {
 	}
 	defer nc.Close()
 	var sz sizeRecorder
-	sub, err := nc.Subscribe("$KV.stock.>", sz.record)
+	sub, err := nc.Subscribe("$KV.*.>", func(m *nats.Msg) {
+		if strings.HasPrefix(m.Subject, "$KV.stock_") {
+			sz.record(m)
+		}
+	})
 	if err != nil {
 		return res, err
 	}

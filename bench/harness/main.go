@@ -66,7 +66,7 @@ func main() {
 	flag.IntVar(&o.workers, "workers", 32, "WORKER_POOL_SIZE of the host")
 	flag.IntVar(&o.skus, "skus", 16, "SKUs the orders of the sweep spread over (the hot-SKU section compares one SKU with 256)")
 	flag.IntVar(&o.partitions, "partitions", 4, "PARTITIONS of the function host (the cluster rows compare 8 with 1)")
-	flag.IntVar(&o.profileS, "profile", 8, "seconds of host CPU profile taken at full load (0: none)")
+	flag.IntVar(&o.profileS, "profile", 3, "seconds of host and server CPU profile taken at full load (0: none)")
 	flag.StringVar(&modes, "modes", "always,default", "fsync modes to run: always (nats.conf) and default (2 min)")
 	flag.BoolVar(&o.cluster, "cluster", true, "also measure a 3-node R3 cluster (deploy/cluster), with fsync always")
 	flag.BoolVar(&o.hot, "hot", true, "also measure a hot SKU: a flash sale on one SKU, one SKU after --churn orders, rejected multi-line orders")
@@ -196,6 +196,8 @@ type modeResult struct {
 	Steps      []stepTime
 	WritesPer  map[string]float64
 	Profile    string
+	// ServerProfile is the server's, taken at the same time.
+	ServerProfile string
 }
 
 // cpuUse is where the machine's time went during a run.
@@ -246,9 +248,10 @@ func freePort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
-// serverConf is nats.conf with the store and port of this run; the default
-// fsync mode drops the sync_interval line.
-func serverConf(dir string, port int, always bool) (string, error) {
+// serverConf is nats.conf with the store and port of this run, and a
+// profiling port (prof, 0: none); the default fsync mode drops the
+// sync_interval line.
+func serverConf(dir string, port, prof int, always bool) (string, error) {
 	src, err := os.ReadFile("nats.conf")
 	if err != nil {
 		return "", fmt.Errorf("nats.conf: %w", err)
@@ -268,21 +271,30 @@ func serverConf(dir string, port int, always bool) (string, error) {
 		}
 		out = append(out, line)
 	}
+	if prof > 0 {
+		out = append(out, fmt.Sprintf("prof_port: %d", prof))
+	}
 	conf := filepath.Join(dir, "nats.conf")
 	return conf, os.WriteFile(conf, []byte(strings.Join(out, "\n")), 0o644)
 }
 
 // startServer starts a nats-server from nats.conf with its store in dir
-// and waits until it answers; label names it in the log.
+// and waits until it answers; label names it in the log. It serves CPU
+// profiles at the address serverProfs keeps for its URL.
 func startServer(b bins, dir, label string, syncAlways bool) (*exec.Cmd, string, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, "", err
 	}
-	conf, err := serverConf(dir, port, syncAlways)
+	prof, err := freePort()
 	if err != nil {
 		return nil, "", err
 	}
+	conf, err := serverConf(dir, port, prof, syncAlways)
+	if err != nil {
+		return nil, "", err
+	}
+	serverProfs.Store(fmt.Sprintf("nats://127.0.0.1:%d", port), fmt.Sprintf("http://127.0.0.1:%d", prof))
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
 	logf("[%s] nats-server -c %s", label, conf)
 	srv := exec.Command(b.server, "-c", conf)
@@ -295,6 +307,10 @@ func startServer(b bins, dir, label string, syncAlways bool) (*exec.Cmd, string,
 	}
 	return srv, url, nil
 }
+
+// serverProfs maps a server URL startServer started to its profiling
+// address (nats-server's prof_port).
+var serverProfs sync.Map
 
 // stopProcess ends a process the harness started and waits for it.
 func stopProcess(cmd *exec.Cmd) {
@@ -372,10 +388,12 @@ func runMode(o options, b bins, dir, mode string) (modeResult, error) {
 	peak := newPeak(host.Process.Pid)
 	for _, c := range o.levels {
 		logf("[%s] %d orders, %d clients, as fast as possible", mode, o.orders, c)
-		var prof chan string
+		var prof, sprof chan string
 		if c == o.levels[len(o.levels)-1] && o.profileS > 0 {
-			prof = make(chan string, 1)
-			go func() { prof <- cpuProfile(metricsURL, o.profileS, dir) }()
+			prof, sprof = make(chan string, 1), make(chan string, 1)
+			go func() { prof <- cpuProfile(metricsURL, o.profileS, filepath.Join(dir, "host.pprof")) }()
+			base, _ := serverProfs.Load(url)
+			go func() { sprof <- cpuProfile(base.(string), o.profileS, filepath.Join(dir, "server.pprof")) }()
 		}
 		cpu := startCPU(srv.Process.Pid, host.Process.Pid)
 		out, err := load("--orders", strconv.Itoa(o.orders), "--clients", strconv.Itoa(c), "--run", fmt.Sprintf("%s-c%d", mode, c))
@@ -394,7 +412,7 @@ func runMode(o options, b bins, dir, mode string) (modeResult, error) {
 			res.Best = r
 		}
 		if prof != nil {
-			res.Profile = <-prof
+			res.Profile, res.ServerProfile = <-prof, <-sprof
 		}
 	}
 	res.LoadRSSMB = peak.stop()
@@ -620,22 +638,22 @@ func stepTimes(base string) ([]stepTime, error) {
 	return out, sc.Err()
 }
 
-// cpuProfile takes a CPU profile of the host and returns its top entries.
-func cpuProfile(base string, seconds int, dir string) string {
-	time.Sleep(2 * time.Second) // let the load ramp up
+// cpuProfile takes a CPU profile of the process serving pprof at base,
+// keeps it at path and returns its top entries.
+func cpuProfile(base string, seconds int, path string) string {
+	time.Sleep(500 * time.Millisecond) // let the load ramp up
 	resp, err := http.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", base, seconds))
 	if err != nil {
 		return "profile failed: " + err.Error()
 	}
 	defer resp.Body.Close()
-	path := filepath.Join(dir, "host.pprof")
 	f, err := os.Create(path)
 	if err != nil {
 		return err.Error()
 	}
 	_, _ = f.ReadFrom(resp.Body)
 	f.Close()
-	out, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=15", path).CombinedOutput()
+	out, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=20", path).CombinedOutput()
 	if err != nil {
 		return "pprof failed: " + err.Error()
 	}

@@ -214,6 +214,9 @@ func (r report) markdown(svg string) string {
 		if m.Profile != "" {
 			w("\nHost CPU profile at %d clients (`go tool pprof -top`):\n\n```\n%s```\n", r.Options.levels[len(r.Options.levels)-1], trimProfile(m.Profile))
 		}
+		if m.ServerProfile != "" {
+			w("\nnats-server CPU profile over the same seconds (its `prof_port`, `go tool pprof -top`):\n\n```\n%s```\n", trimProfile(m.ServerProfile))
+		}
 		w("\n")
 	}
 	return b.String()
@@ -290,31 +293,35 @@ func chart(r report) string {
 func (r report) analysis() string {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	def, hasDef := r.mode("default")
 	if m, ok := r.mode("always"); ok {
-		orders := m.WritesPer["ORDERS"]
-		total := 0.0
-		for _, v := range m.WritesPer {
-			total += v
+		total := sumWrites(m)
+		limit := r.disk(r.Options.partitions) / total
+		w("**Durable throughput (fsync always).** An order costs %.2f durable writes (table below) over %d partitions of the order log and of the stock, and the gateway's ledger. The disk is not what bounds it any more: the probe's %.0f fsyncs/s over %d files allow %.0f orders/s at that many writes, and the best rate, %.0f orders/s, used %.0f%% of a core in the server and %.0f%% in the host, with the machine %.0f%% idle and %.0f%% in I/O wait: the %d cores are. ",
+			total, r.Options.partitions, r.disk(r.Options.partitions), r.Options.partitions, limit, m.Best.ConfirmedPerS, m.Best.CPU.ServerPct, m.Best.CPU.HostPct, m.Best.CPU.IdlePct, m.Best.CPU.IOWaitPct, r.Machine.Cores)
+		if hasDef {
+			w("The experiment that shows it is the default-fsync run beside it: with no fsync at all the same code reaches %.0f orders/s, so fsyncs cost the always mode %.0f%% of its rate and CPU the rest. ", def.Best.ConfirmedPerS, 100*(1-m.Best.ConfirmedPerS/def.Best.ConfirmedPerS))
 		}
-		perStream := m.Best.ConfirmedPerS * orders
-		w("**Durable throughput (fsync always).** Every acknowledged write is an fsync, and each stream fsyncs its writes one after another. An order costs %.2f durable writes (table below), %.2f of them on the `ORDERS` stream, which every step writes its event to. At the best rate, %.0f orders/s, that is %.0f fsynced writes/s across the streams, about what raw async publishing reaches on one stream here (%.0f msgs/s), and %.0f/s on `ORDERS` alone, where each step's event waits behind the others'. The disk's fsync rate is the wall, not the CPU: the server used %.0f%% of a core, the host %.0f%%, and the machine was %.0f%% idle and %.0f%% in I/O wait. ",
-			total, orders, m.Best.ConfirmedPerS, total*m.Best.ConfirmedPerS, m.RawAsync.MsgsPerS, perStream, m.Best.CPU.ServerPct, m.Best.CPU.HostPct, m.Best.CPU.IdlePct, m.Best.CPU.IOWaitPct)
-		w("The experiment that shows it is this code's own history, measured the same way on this machine: the rate moved inversely with the writes per order on the busiest stream. Multi-key stock commits as atomic batches (an R1 file stream stages each batch in a file store of its own: %.0f msgs/s for batches of two here, against %.0f for single sync publishes) held the saga near 125 orders/s; single-key stock writes (and a charge that writes only the gateway's ledger when it succeeds at once) took it to about 530; dropping the separate terminal event (10 to 9 writes in all, 5 to 4 on `ORDERS`) to about 660, a quarter more, as the busiest stream's 5/4 predicts. ", m.RawAtomic2.MsgsPerS, m.RawSync.MsgsPerS)
-		w("The hot-SKU ledger costs writes of its own: a sale moves the order's record into an intent before the ledger moves (RESERVED to SELLING to SOLD, one write more than a plain sale), and near sell-out a ledger borrows from another (two writes). Here every SKU is stocked to exactly its demand, so every SKU sells out: %.2f stock writes per order, against 4.09 with one record per SKU, when the best rate was 546 orders/s. ", m.WritesPer["KV_stock"])
-		w("The target, 0.25, is four fsynced writes per order in all; the choreography of three services as separate functions, each step publishing the event the next one consumes, needs four on `ORDERS` alone (created, stock reserved, payment charged, stock sold) plus the stock, gateway and payment state. Reaching it would take merging steps into fewer writes (one service doing reserve-charge-sell) or batching many orders' events into one fsync, which JetStream does not do per stream today.\n\n")
+		w("The target, half of raw async publishing on one stream (%.0f orders/s), would need %.0f µs of CPU per order on these cores even with nothing else running, against %.0f µs measured below; every order is a request, three triggered steps, their %.0f writes and about a dozen reads, each a round trip that both processes parse, where a raw async publisher sends one message and reads one ack. Partitions took the always rate from 707 to about 790 orders/s here (16 SKUs, 32 clients); the rest is CPU.\n\n",
+			m.RawAsync.MsgsPerS/2, float64(r.Machine.Cores)*1e6/(m.RawAsync.MsgsPerS/2), cpuPerOrder(m.Best), total)
 	}
-	if m, ok := r.mode("default"); ok {
-		w("**Durable throughput (default fsync).** Without per-write fsyncs the raw baseline is memory speed (%.0f msgs/s async on one stream), and the saga is bound by CPU instead: an order is one request and three consumer deliveries, about a dozen KV and stream reads and %.0f writes, and the server (%.0f%% of a core at the best rate), the host (%.0f%%) and the load generator share %d cores, %.0f%% idle.\n\n",
-			m.RawAsync.MsgsPerS, sumWrites(m), m.Best.CPU.ServerPct, m.Best.CPU.HostPct, r.Machine.Cores, m.Best.CPU.IdlePct)
+	if hasDef {
+		us := cpuPerOrder(def.Best)
+		w("**CPU per order and default-fsync throughput.** Measured: %.0f µs per confirmed order (server %.0f%% and host %.0f%% of a core at %.0f orders/s), against %.0f µs before partitions. The profiles below show where it goes. The largest cut came from a profile: reading an order's history with a direct batch get from the stream's first sequence made the server scan its message blocks for the order's subjects (`msgBlock.firstMatching` under `LoadNextMsg`, 28%% of all CPU in a 10,000-order run, growing with the stream), where a multi-last direct get finds them through the subject index; that alone took a run with the embedded server from 1,120 to 730 µs per order and from 1,370 to 2,260 orders/s. What is left is spread thin: the JSON of JetStream's message-get API on both sides (about 7%%), protobuf, the KV compare-and-set round trips (reserve 2, sell 3), and the Go runtime's allocation and GC in both processes. Raw async publishing is memory speed without fsync (%.0f msgs/s), so 0.05 of it is %.0f orders/s, %.0f µs per order on %d cores.\n\n",
+			us, def.Best.CPU.ServerPct, def.Best.CPU.HostPct, def.Best.ConfirmedPerS, cpuBefore, def.RawAsync.MsgsPerS, def.RawAsync.MsgsPerS*0.05, float64(r.Machine.Cores)*1e6/(def.RawAsync.MsgsPerS*0.05), r.Machine.Cores)
 	}
 	for _, m := range r.Modes {
-		w("**`orders.create` p99 (%s).** At half the best rate the create's one write waits behind the saga's other writes on the same stream: %.2fms p50 and %.2fms p99, against %.2fms p99 for a lone synchronous publisher with nothing else on the server.\n\n", m.Mode, m.Half.CreateP50Ms, m.Half.CreateP99Ms, m.RawSync.P99Ms)
+		w("**`orders.create` p99 (%s).** At half the best rate the create's one write shares the cores and its partition's stream with the saga's writes: %.2fms p50 and %.2fms p99, against %.2fms p99 for a lone synchronous publisher with nothing else on the server. The create itself is one publish; its tail is the scheduler's.\n\n", m.Mode, m.Half.CreateP50Ms, m.Half.CreateP99Ms, m.RawSync.P99Ms)
+	}
+	if c := r.Cluster; c != nil {
+		w("**Partitions on the cluster.** The three nodes here share one machine's %d cores, and every partition is a Raft group, as is every consumer of an R3 stream (6 per partition of the order log): PARTITIONS=%d runs %d stream groups and %d consumer groups where PARTITIONS=1 runs 2 and 6. With the machine %.0f%% idle at PARTITIONS=1 and %.0f%% at PARTITIONS=%d, the extra groups' heartbeats and elections cost more than the parallel fsync queues gain: %.0f against %.0f orders/s. What partitions buy on a cluster is leaders on every node, which needs a node per machine; this harness cannot show that.\n\n",
+			r.Machine.Cores, clusterPartitions, 2*clusterPartitions, 6*clusterPartitions, c.OnePartition.CPU.IdlePct, c.Load.CPU.IdlePct, clusterPartitions, c.Load.ConfirmedPerS, c.OnePartition.ConfirmedPerS)
 	}
 	if len(r.Modes) > 0 {
 		m := r.Modes[0]
 		w("**Request path.** `inventory.get` is two round trips where `nats bench service` is one: client to host, then host to JetStream for the stock level. Since a SKU's stock is split over 8 ledgers (see A hot SKU), that second trip is 8 leader reads (`$JS.API.STREAM.MSG.GET`, in parallel), each a JetStream API request the server answers one by one: measured %.2fms p50. A direct batch get would be one request, but direct gets are also answered by replicas (the stale reads the cluster issue removed), and the leader's message-get API takes no batch. The host itself is cheap: `BenchmarkRequest` (host, no state read, 8 clients, in process) serves about 75,000 req/s, tracing off within 2%% of tracing removed. A host-side cache of the stock levels fed by a KV watch would remove the second trip, at the cost of the guarantee that `inventory.get` agrees with an order `orders.get` already reports ended; this version keeps the guarantee.\n\n", m.Requests.P50Ms)
 	}
-	w("**Memory.** Idle RSS is the Go runtime, the NATS client, OpenTelemetry and the protobuf registries; under load it grows with the in-flight messages (consumers pull at most `WORKER_POOL_SIZE` messages each).\n")
+	w("**Memory.** Idle RSS is the Go runtime, the NATS client, OpenTelemetry and the protobuf registries, and a pull subscription per consumer (6 per partition); under load it grows with the in-flight messages (the partitions of a step together pull about `WORKER_POOL_SIZE` messages).\n")
 	return b.String()
 }
 
@@ -346,6 +353,7 @@ func (r report) clusterSection(c clusterResult) string {
 		w("| raw `js pub async`, 1 client (msgs/s) | %.0f | %.0f | %s |\n", m.RawAsync.MsgsPerS, c.RawAsync.MsgsPerS, ratio(c.RawAsync.MsgsPerS, m.RawAsync.MsgsPerS))
 		w("| orderflow confirmed orders/s, %d clients (target R3 ≥ 0.6 × R1) | %.0f | %.0f | %s |\n", c.Load.Clients, m.Best.ConfirmedPerS, c.Load.ConfirmedPerS, ratio(c.Load.ConfirmedPerS, m.Best.ConfirmedPerS))
 		w("| orderflow confirmed orders/s, %d clients, R3 with PARTITIONS=1 (R1 column: PARTITIONS=%d) | %.0f | %.0f | %s |\n", c.OnePartition.Clients, r.Options.partitions, m.Best.ConfirmedPerS, c.OnePartition.ConfirmedPerS, ratio(c.OnePartition.ConfirmedPerS, m.Best.ConfirmedPerS))
+		w("| machine idle during the load (R3: PARTITIONS=%d / 1) | %.0f%% | %.0f%% / %.0f%% | |\n", clusterPartitions, m.Best.CPU.IdlePct, c.Load.CPU.IdlePct, c.OnePartition.CPU.IdlePct)
 		w("| `orders.create` p99, %d clients | %.2fms | %.2fms | %s |\n", c.Load.Clients, m.Best.CreateP99Ms, c.Load.CreateP99Ms, ratio(c.Load.CreateP99Ms, m.Best.CreateP99Ms))
 		w("| end-to-end p99, %d clients | %.1fms | %.1fms | %s |\n", c.Load.Clients, m.Best.E2EP99Ms, c.Load.E2EP99Ms, ratio(c.Load.E2EP99Ms, m.Best.E2EP99Ms))
 	}

@@ -1,9 +1,11 @@
 package durable
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/nats-io/nats.go"
@@ -163,8 +165,14 @@ func (l *Log) Last(ctx context.Context, filter string) (state.Record, bool, erro
 	return state.Record{}, false, nil
 }
 
+// readDirect reads the last message of every subject matching filter, in
+// stream order, with one direct multi-last get. An order's events are each
+// stored once on a subject of their own, so that is all of them; and the
+// server finds them through its subject index, where a batch get from the
+// stream's first sequence scans message blocks, at a cost that grew with
+// the stream (30% of the CPU of a loaded system was that scan).
 func (l *Log) readDirect(ctx context.Context, stream, filter string) ([]state.Record, error) {
-	it, err := jetstreamext.GetBatch(ctx, l.js, stream, historyBatch, jetstreamext.GetBatchSubject(filter))
+	it, err := jetstreamext.GetLastMsgsFor(ctx, l.js, stream, []string{filter}, jetstreamext.GetLastMsgsBatchSize(historyBatch))
 	if err != nil {
 		return nil, err
 	}
@@ -178,6 +186,7 @@ func (l *Log) readDirect(ctx context.Context, stream, filter string) ([]state.Re
 		}
 		out = append(out, record(m))
 	}
+	slices.SortFunc(out, func(a, b state.Record) int { return cmp.Compare(a.Sequence, b.Sequence) })
 	return out, nil
 }
 
