@@ -302,7 +302,7 @@ func (r report) analysis() string {
 		if hasDef {
 			w("The experiment that shows it is the default-fsync run beside it: with no fsync at all the same code reaches %.0f orders/s, so fsyncs cost the always mode %.0f%% of its rate and CPU the rest. ", def.Best.ConfirmedPerS, 100*(1-m.Best.ConfirmedPerS/def.Best.ConfirmedPerS))
 		}
-		w("The target, half of raw async publishing on one stream (%.0f orders/s), would need %.0f µs of CPU per order on these cores even with nothing else running, against %.0f µs measured below; every order is a request, three triggered steps, their %.0f writes and about a dozen reads, each a round trip that both processes parse, where a raw async publisher sends one message and reads one ack. Partitions took the always rate from 707 to about 790 orders/s here (16 SKUs, 32 clients); the rest is CPU.\n\n",
+		w("The target, half of raw async publishing on one stream (%.0f orders/s), would need %.0f µs of CPU per order on these cores even with nothing else running, against %.0f µs measured in this mode (the server's share mostly system time in write and fsync calls: its profile below); every order is a request, three triggered steps, their %.0f writes and about a dozen reads, each a round trip that both processes parse, where a raw async publisher sends one message and reads one ack. Partitions took the always rate from 707 to about 790 orders/s here (16 SKUs, 32 clients); the rest is CPU.\n\n",
 			m.RawAsync.MsgsPerS/2, float64(r.Machine.Cores)*1e6/(m.RawAsync.MsgsPerS/2), cpuPerOrder(m.Best), total)
 	}
 	if hasDef {
