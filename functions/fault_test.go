@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -113,21 +114,32 @@ type faultLoad struct {
 	t        *testing.T
 	nc       *nats.Conn
 	restocks map[string]int32
+	// connect are options of the load's connection (credentials); ops,
+	// when set, calls the operators' endpoints (restock, dead letters),
+	// which in the secure mode the client identity may not.
+	connect []nats.Option
+	ops     *nats.Conn
 
 	mu  sync.Mutex
 	ids []string // order i's id, "" until acknowledged
-	// acked counts acknowledged creates, for faults paced by the load.
-	acked atomic.Int32
+	// acked counts acknowledged creates, for faults paced by the load;
+	// slowest is the longest create, first send to acknowledgement.
+	acked   atomic.Int32
+	slowest atomic.Int64
 }
 
-func newFaultLoad(t *testing.T, urls string, restocks map[string]int32) *faultLoad {
+func newFaultLoad(t *testing.T, urls string, restocks map[string]int32, opts ...func(*faultLoad)) *faultLoad {
 	t.Helper()
-	nc, err := nats.Connect(urls, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	l := &faultLoad{t: t, restocks: restocks}
+	for _, o := range opts {
+		o(l)
+	}
+	nc, err := nats.Connect(urls, append([]nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(100 * time.Millisecond)}, l.connect...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	l := &faultLoad{t: t, nc: nc, restocks: restocks}
+	l.nc = nc
 	for sku, n := range restocks {
 		if err := l.call("inventory.restock", &ordersv1.RestockRequest{Sku: sku, Quantity: n}, &ordersv1.RestockResponse{}, nil, time.Now().Add(30*time.Second)); err != nil {
 			t.Fatal(err)
@@ -144,11 +156,15 @@ func (l *faultLoad) call(subject string, in, out proto.Message, hdr nats.Header,
 	if err != nil {
 		return err
 	}
+	nc := l.nc
+	if l.ops != nil && (subject == "inventory.restock" || strings.HasPrefix(subject, "deadletters.")) {
+		nc = l.ops
+	}
 	for {
 		m := nats.NewMsg(subject)
 		m.Data, m.Header = data, hdr
 		rctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-		reply, err := l.nc.RequestMsgWithContext(rctx, m)
+		reply, err := nc.RequestMsgWithContext(rctx, m)
 		cancel()
 		if err == nil {
 			code := reply.Header.Get("Nats-Service-Error-Code")
@@ -197,7 +213,13 @@ func (l *faultLoad) run(workers, minOrders, maxOrders int, pace time.Duration, f
 				in, _, _ := faultOrder(i)
 				out := &ordersv1.CreateOrderResponse{}
 				hdr := nats.Header{"Idempotency-Key": []string{fmt.Sprintf("fault-%d", i)}}
+				began := time.Now()
 				err := l.call("orders.create", in, out, hdr, loadDeadline)
+				for took := int64(time.Since(began)); ; {
+					if prev := l.slowest.Load(); took <= prev || l.slowest.CompareAndSwap(prev, took) {
+						break
+					}
+				}
 				l.mu.Lock()
 				for len(l.ids) <= i {
 					l.ids = append(l.ids, "")

@@ -115,6 +115,8 @@ const usage = `usage: orderflow [command]
   serve                   run the functions (the default)
   provision [--force]     create or update every stream, bucket and consumer, then exit
   authz [--account NAME]  print the nats-server permissions of every role, for include
+  probe [URL]             exit 0 if URL (default http://127.0.0.1:8080/readyz) answers 200:
+                          a health check for images without a shell (nats-server's /healthz too)
 `
 
 func main() {
@@ -123,6 +125,17 @@ func main() {
 	cmd, args := "serve", []string(nil)
 	if len(os.Args) > 1 {
 		cmd, args = os.Args[1], os.Args[2:]
+	}
+	if cmd == "probe" {
+		url := "http://127.0.0.1:8080/readyz"
+		if len(args) > 0 {
+			url = args[0]
+		}
+		if err := probe(ctx, url); err != nil {
+			fmt.Fprintln(os.Stderr, "orderflow probe:", err)
+			os.Exit(1)
+		}
+		return
 	}
 	if cmd != "serve" && cmd != "provision" && cmd != "authz" {
 		fmt.Fprint(os.Stderr, usage)
@@ -160,6 +173,26 @@ func main() {
 		}
 		os.Exit(1)
 	}
+}
+
+// probe asks url once, within 3s, and fails unless it answers 200.
+func probe(ctx context.Context, url string) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s: %s", url, resp.Status, strings.TrimSpace(string(body)))
+	}
+	return nil
 }
 
 // roles are the identities of the registry's functions, with their
@@ -449,6 +482,11 @@ func (s *system) connect(role string) (jetstream.JetStream, error) {
 		// default buffer made each of them a 512 KiB allocation.
 		nats.SyncQueueLen(1024),
 		nats.MaxReconnects(-1), // a pod outlives server restarts
+		// A server cut off from the pod (a network partition, a node gone
+		// without closing its connections) is noticed in 10-15s, not the
+		// default two pings of two minutes, and the pod moves to another.
+		nats.PingInterval(5*time.Second),
+		nats.MaxPingsOutstanding(2),
 		nats.ReconnectWait(250*time.Millisecond),
 		nats.RetryOnFailedConnect(true),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {

@@ -194,7 +194,43 @@ func (st *Stock) homeKey(ctx context.Context, sku, orderID string) (string, erro
 // outcome is recorded under the order id; a repeat returns it unchanged, so
 // a redelivered request never reserves twice and a rejection stays a
 // rejection even if stock arrives later.
+//
+// A reserve that fails may have placed a hold all the same (its write
+// stored, its reply lost). When the message is redelivered, the next
+// reserve adopts it; but when another delivery of the same message (a
+// consumer leader that changed while the first ran) already ended the
+// order, nothing would come back for it: so a failed reserve settles at
+// once, giving back a hold that the order's record does not adopt.
 func (st *Stock) Reserve(ctx context.Context, orderID string, items []*ordersv1.OrderItem) (*ordersv1.Reservation, error) {
+	r, err := st.reserve(ctx, orderID, items)
+	if err != nil {
+		st.settle(ctx, orderID, items)
+	}
+	return r, err
+}
+
+// settleWait bounds the settling of a failed reserve.
+const settleWait = 5 * time.Second
+
+// settle gives back what a failed reserve may have left beside a record
+// that was written without it. Best effort: with no record yet, a hold
+// left is adopted by the next reserve of the order.
+func (st *Stock) settle(ctx context.Context, orderID string, items []*ordersv1.OrderItem) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleWait)
+	defer cancel()
+	r, _, err := st.record(ctx, orderID)
+	if err != nil {
+		return
+	}
+	switch r.Status {
+	case reserved, selling, sold:
+		_ = st.dropStrays(ctx, orderID, r)
+	case rejected, released:
+		_ = st.cleanup(ctx, orderID, sortedItems(items))
+	}
+}
+
+func (st *Stock) reserve(ctx context.Context, orderID string, items []*ordersv1.OrderItem) (*ordersv1.Reservation, error) {
 	items = sortedItems(items)
 	attempt := newAttempt()
 	for try := 1; ; try++ {

@@ -2,6 +2,7 @@ package inventory
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"github.com/orderflow/orderflow/runtime/durable"
 	"github.com/orderflow/orderflow/runtime/function"
 	"github.com/orderflow/orderflow/runtime/runtimetest"
+	"github.com/orderflow/orderflow/runtime/state"
 )
 
 func newTestStock(t *testing.T) (*Stock, *durable.Bucket) {
@@ -595,4 +597,67 @@ func TestUnitsInTransitAreNotShort(t *testing.T) {
 		}
 	}
 	wantLevel(t, st, "T", 0, SubLedgers, 0)
+}
+
+// faultyStore reads some keys as missing once (a read that lags) and
+// fails some writes once, after or instead of storing them.
+type faultyStore struct {
+	state.Store
+	mu        sync.Mutex
+	stale     map[string]int
+	failWrite map[string]int
+}
+
+var errInjected = errors.New("injected: no reply")
+
+func (f *faultyStore) Get(ctx context.Context, key string, into proto.Message) (uint64, error) {
+	f.mu.Lock()
+	n := f.stale[key]
+	f.stale[key] = max(n-1, 0)
+	f.mu.Unlock()
+	if n > 0 {
+		return 0, fmt.Errorf("%s: %w", key, state.ErrNotFound)
+	}
+	return f.Store.Get(ctx, key, into)
+}
+
+func (f *faultyStore) Put(ctx context.Context, key string, value proto.Message, rev uint64) (uint64, error) {
+	f.mu.Lock()
+	n := f.failWrite[key]
+	f.failWrite[key] = max(n-1, 0)
+	f.mu.Unlock()
+	if n > 0 {
+		return 0, errInjected
+	}
+	return f.Store.Put(ctx, key, value, rev)
+}
+
+// A second delivery of an order's OrderCreated (a consumer whose leader
+// changed redelivers what is in flight) reads no record, places a hold
+// after the first delivery's hold was sold, and then fails before it reads
+// the record: the first delivery acked the message, so nothing runs for
+// the order again. The failed reserve settles at once: the stray goes
+// back. (The container test found it: a confirmed order's unit left
+// reserved for ever.)
+func TestFailedDuplicateReserveGivesItsHoldBack(t *testing.T) {
+	ctx := context.Background()
+	st, b := newTestStock(t)
+	if _, err := st.Restock(ctx, "A", 100, ""); err != nil {
+		t.Fatal(err)
+	}
+	item := []*ordersv1.OrderItem{{Sku: "A", Quantity: 3}}
+	if _, err := st.Reserve(ctx, "o-1", item); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Sell(ctx, "o-1"); err != nil {
+		t.Fatal(err)
+	}
+	dup := New(&faultyStore{Store: b, stale: map[string]int{"order.o-1": 1}, failWrite: map[string]int{"order.o-1": 1}})
+	if _, err := dup.Reserve(ctx, "o-1", item); !errors.Is(err, errInjected) {
+		t.Fatalf("duplicate reserve: %v, want the injected failure", err)
+	}
+	wantLevel(t, st, "A", 97, 0, 3)
+	if r, _, err := st.record(ctx, "o-1"); err != nil || r.GetStatus() != sold {
+		t.Fatalf("record after the duplicate: %v, %v", r, err)
+	}
 }
