@@ -115,6 +115,8 @@ const usage = `usage: orderflow [command]
   serve                   run the functions (the default)
   provision [--force]     create or update every stream, bucket and consumer, then exit
   authz [--account NAME]  print the nats-server permissions of every role, for include
+  consumers               print the durable consumers of the functions FUNCTIONS selects,
+                          one "stream consumer function" line each (for autoscalers)
   probe [URL]             exit 0 if URL (default http://127.0.0.1:8080/readyz) answers 200:
                           a health check for images without a shell (nats-server's /healthz too)
 `
@@ -137,11 +139,17 @@ func main() {
 		}
 		return
 	}
-	if cmd != "serve" && cmd != "provision" && cmd != "authz" {
+	if cmd != "serve" && cmd != "provision" && cmd != "authz" && cmd != "consumers" {
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)
 	}
 	cfg, err := config.Load()
+	if err == nil && cmd == "consumers" {
+		err = printConsumers(os.Stdout, cfg)
+		if err == nil {
+			return
+		}
+	}
 	if err == nil && cmd == "authz" {
 		fs := flag.NewFlagSet("authz", flag.ExitOnError)
 		account := fs.String("account", "", "put the users in this JetStream-enabled account instead of the global one")
@@ -173,6 +181,24 @@ func main() {
 		}
 		os.Exit(1)
 	}
+}
+
+// printConsumers writes the durable consumers the functions FUNCTIONS
+// selects consume from, as provision creates them: each trigger's durable
+// on every partition of its stream.
+func printConsumers(out io.Writer, cfg config.Config) error {
+	regs, err := selectFunctions(registry(stores{}), cfg.Functions)
+	if err != nil {
+		return err
+	}
+	for _, r := range regs {
+		for _, t := range r.def.Triggers {
+			for _, stream := range storeConfig(cfg).Streams(t.Stream) {
+				fmt.Fprintf(out, "%s %s %s.%s\n", stream, t.Durable, r.svc.Name, r.def.Name)
+			}
+		}
+	}
+	return nil
 }
 
 // probe asks url once, within 3s, and fails unless it answers 200.
