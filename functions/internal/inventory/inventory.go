@@ -141,8 +141,10 @@ var errReleaseEnded = errors.New("release ended")
 // errReleasing stops a hold: the order's release is underway or done.
 var errReleasing = errors.New("release underway")
 
-// ErrLedgerFull is returned by a reserve that waited fullWait for room at a
-// ledger holding MaxHolds orders: transient, the reserve is retried later.
+// ErrLedgerFull is returned by a reserve that waited fullWait (or as long
+// as its call may) for room at a ledger holding MaxHolds orders. It is
+// function.ErrUnavailable too: the host retries it in place without
+// spending attempts, as it rides out an outage.
 var ErrLedgerFull = errors.New("stock ledger full of orders in flight")
 
 // MaxHolds bounds the orders in flight at one ledger, so that a record
@@ -335,7 +337,11 @@ func (st *Stock) hold(ctx context.Context, orderID string, it *ordersv1.OrderIte
 				full = newBackoff(fullWait)
 			}
 			if werr := full.wait(ctx); werr != nil {
-				return "", fmt.Errorf("%s ledger %d: %w (waited %s)", it.GetSku(), home, err, fullWait)
+				// Back-pressure, not a failure: the host waits for room
+				// without spending the step's attempts (a payable order
+				// cancelled because its SKU was busy was the container
+				// test's finding).
+				return "", fmt.Errorf("%s ledger %d: %w for %s: %w", it.GetSku(), home, err, time.Since(full.start).Round(time.Millisecond), function.ErrUnavailable)
 			}
 			try--
 			continue
@@ -677,12 +683,13 @@ func takeBackSold(l *ordersv1.StockLevel, orderID string, it *ordersv1.OrderItem
 // backoff waits 5ms, then twice as long each time up to 250ms, until its
 // time is up.
 type backoff struct {
-	next     time.Duration
-	deadline time.Time
+	next            time.Duration
+	start, deadline time.Time
 }
 
 func newBackoff(limit time.Duration) *backoff {
-	return &backoff{next: 5 * time.Millisecond, deadline: time.Now().Add(limit)}
+	now := time.Now()
+	return &backoff{next: 5 * time.Millisecond, start: now, deadline: now.Add(limit)}
 }
 
 // wait sleeps the next step, or fails when the time is up or ctx ends.

@@ -475,6 +475,14 @@ func TestFullLedgerWaitsForRoom(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A call whose time runs out first fails as unavailable: the host
+	// waits for room without spending the step's attempts.
+	busy, cancelBusy := context.WithTimeout(ctx, 100*time.Millisecond)
+	_, err := st.Reserve(busy, ids[MaxHolds], item)
+	cancelBusy()
+	if !errors.Is(err, ErrLedgerFull) || !function.IsUnavailable(err) {
+		t.Fatalf("reserve at a full ledger out of time: %v, want ErrLedgerFull and unavailable", err)
+	}
 	done := make(chan error, 1)
 	go func() {
 		_, err := st.Reserve(ctx, ids[MaxHolds], item)
