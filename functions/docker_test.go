@@ -42,12 +42,12 @@ func TestContainers(t *testing.T) {
 		"COMPOSE_PROJECT_NAME="+project,
 		"ORDERFLOW_IMAGE=orderflow:test", "NATS_IMAGE=orderflow-nats:test",
 		fmt.Sprintf("NATS_PORT_1=%d", ports[0]), fmt.Sprintf("NATS_PORT_2=%d", ports[1]), fmt.Sprintf("NATS_PORT_3=%d", ports[2]),
-		// The fault tests' settings: a flaky gateway whose charge retries
-		// outlast its failures, short ack waits.
-		"PAYMENT_FAILURE_RATE=0.3", fmt.Sprintf("PAYMENT_MAX_ORDER_MINOR=%d", faultPaymentLimit),
-		"RETRY_POLICY_PAYMENTS_CHARGE=attempts=20,initial=20ms,multiplier=2,max=400ms,jitter=0.2",
-		"ACK_WAIT=3s", "REQUEST_TIMEOUT=2s", "LOG_LEVEL=warn",
+		"LOG_LEVEL=warn",
 	)
+	// The fault tests' settings: a flaky gateway whose charge retries
+	// outlast its failures, every other step with attempts far shorter than
+	// an outage, short ack waits.
+	env = append(env, faultSettings()...)
 	run := func(timeout time.Duration, name string, args ...string) (string, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()

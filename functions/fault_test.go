@@ -374,9 +374,13 @@ const faultPaymentLimit = 100_000
 // (3 attempts within 0.3s): only riding out outages without spending
 // attempts keeps their orders. Short ack waits and timeouts.
 func faultHostEnv(urls string) []string {
+	return append([]string{"NATS_URL=" + urls, "HTTP_ADDR=off"}, faultSettings()...)
+}
+
+// faultSettings are the settings of faultHostEnv that do not depend on
+// where the hosts run: the container test's pods take them too.
+func faultSettings() []string {
 	return []string{
-		"NATS_URL=" + urls,
-		"HTTP_ADDR=off",
 		"PAYMENT_FAILURE_RATE=0.3",
 		"PAYMENT_MAX_ORDER_MINOR=" + fmt.Sprint(faultPaymentLimit),
 		"RETRY_POLICY=attempts=3,initial=50ms,multiplier=2,max=200ms,jitter=0.2",

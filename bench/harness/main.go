@@ -142,11 +142,7 @@ func run(o options) error {
 		rep.Modes = append(rep.Modes, m)
 	}
 	if o.hot {
-		clients := o.levels[len(o.levels)-1]
-		if m, ok := rep.mode("always"); ok && m.Best.Clients > 0 {
-			clients = m.Best.Clients
-		}
-		h, err := runHot(o, b, filepath.Join(tmp, "hot"), clients)
+		h, err := runHot(o, b, filepath.Join(tmp, "hot"), rep.bestClients())
 		if err != nil {
 			return fmt.Errorf("hot SKU: %w", err)
 		}
@@ -154,11 +150,7 @@ func run(o options) error {
 	}
 	if o.cluster {
 		// As many clients as the best R1 row with fsync always, to compare.
-		clients := o.levels[len(o.levels)-1]
-		if m, ok := rep.mode("always"); ok && m.Best.Clients > 0 {
-			clients = m.Best.Clients
-		}
-		c, err := runCluster(o, b, filepath.Join(tmp, "r3"), clients)
+		c, err := runCluster(o, b, filepath.Join(tmp, "r3"), rep.bestClients())
 		if err != nil {
 			return fmt.Errorf("cluster: %w", err)
 		}

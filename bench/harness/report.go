@@ -26,6 +26,15 @@ func (r report) disk(files int) float64 {
 	return 0
 }
 
+// bestClients is the client count of the best row with fsync always (the
+// sweep's largest without one): the sections compared with it use as many.
+func (r report) bestClients() int {
+	if m, ok := r.mode("always"); ok && m.Best.Clients > 0 {
+		return m.Best.Clients
+	}
+	return r.Options.levels[len(r.Options.levels)-1]
+}
+
 func (r report) mode(name string) (modeResult, bool) {
 	for _, m := range r.Modes {
 		if m.Mode == name {

@@ -234,9 +234,7 @@ func (d *DeadLetters) Sweep(ctx context.Context, age time.Duration, t deadletter
 func (d *DeadLetters) origin(dl *runtimev1.DeadLetter, t deadletter.Target) (from, to string) {
 	to = t.Stream
 	if t.Stream == EventStream {
-		subject := dl.GetSubject()
-		tok, _, _ := strings.Cut(subject[strings.IndexByte(subject, '.')+1:], ".")
-		if p := partitionOf(tok, d.cfg.parts()); p >= 0 {
+		if p := eventPartition(dl.GetSubject(), d.cfg.parts()); p >= 0 {
 			to = partition.Name(EventStream, p)
 		}
 	}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -53,8 +52,7 @@ func OpenLog(ctx context.Context, js jetstream.JetStream, c Config) (*Log, error
 // partition is the reads of the partition holding subject (or filter),
 // nil for a filter whose slot is a wildcard.
 func (l *Log) partition(subject string) *reads {
-	tok, _, _ := strings.Cut(subject[strings.IndexByte(subject, '.')+1:], ".")
-	if p := partitionOf(tok, len(l.reads)); p >= 0 {
+	if p := eventPartition(subject, len(l.reads)); p >= 0 {
 		return l.reads[p]
 	}
 	return nil

@@ -67,9 +67,11 @@ func (c Config) logicalBucket(name string) string {
 	return name
 }
 
-// partitionOf is the partition of n that holds the key or subject token
-// with slot token tok, or -1 when tok is not a slot (a wildcard).
-func partitionOf(tok string, n int) int {
+// eventPartition is the partition, of n, of the event stream that holds
+// subject (or filter) ORDER.<slot>.…, or -1 when its slot token is not a
+// slot (a wildcard, another subject).
+func eventPartition(subject string, n int) int {
+	tok, _, _ := strings.Cut(subject[strings.IndexByte(subject, '.')+1:], ".")
 	slot, err := strconv.Atoi(tok)
 	if err != nil || slot < 0 || slot >= partition.Slots {
 		return -1

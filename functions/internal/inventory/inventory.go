@@ -204,8 +204,9 @@ func (st *Stock) homeKey(ctx context.Context, sku, orderID string) (string, erro
 // order, nothing would come back for it: so a failed reserve settles at
 // once, giving back a hold that the order's record does not adopt.
 func (st *Stock) Reserve(ctx context.Context, orderID string, items []*ordersv1.OrderItem) (*ordersv1.Reservation, error) {
-	r, err := st.reserve(ctx, orderID, items)
-	if err != nil {
+	var holding bool
+	r, err := st.reserve(ctx, orderID, items, &holding)
+	if err != nil && holding {
 		st.settle(ctx, orderID, items)
 	}
 	return r, err
@@ -232,7 +233,8 @@ func (st *Stock) settle(ctx context.Context, orderID string, items []*ordersv1.O
 	}
 }
 
-func (st *Stock) reserve(ctx context.Context, orderID string, items []*ordersv1.OrderItem) (*ordersv1.Reservation, error) {
+// reserve is Reserve; it sets *holding once it has tried to place a hold.
+func (st *Stock) reserve(ctx context.Context, orderID string, items []*ordersv1.OrderItem, holding *bool) (*ordersv1.Reservation, error) {
 	items = sortedItems(items)
 	attempt := newAttempt()
 	for try := 1; ; try++ {
@@ -267,6 +269,7 @@ func (st *Stock) reserve(ctx context.Context, orderID string, items []*ordersv1.
 			if r.Status != reserved {
 				break
 			}
+			*holding = true
 			owner, err := st.hold(ctx, orderID, it, attempt)
 			var short errShort
 			switch {

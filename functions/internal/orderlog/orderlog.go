@@ -65,18 +65,24 @@ var ErrForeignEvent = errors.New("not an order event")
 // an order event: ORDER.<slot>.<order_id>.<event> on the order's own slot,
 // with the event's own type.
 func CheckEvent(subject, typ string) error {
+	_, err := eventOf(subject, typ)
+	return err
+}
+
+// eventOf is CheckEvent that also returns the event's name.
+func eventOf(subject, typ string) (string, error) {
 	id, event := split(subject)
 	if id == "" {
-		return fmt.Errorf("%w: subject %q is not ORDER.<slot>.<order_id>.<event> on the order's slot", ErrForeignEvent, subject)
+		return "", fmt.Errorf("%w: subject %q is not ORDER.<slot>.<order_id>.<event> on the order's slot", ErrForeignEvent, subject)
 	}
 	want, ok := types[event]
 	if !ok {
-		return fmt.Errorf("%w: unknown event %q", ErrForeignEvent, event)
+		return "", fmt.Errorf("%w: unknown event %q", ErrForeignEvent, event)
 	}
 	if name := string(want.ProtoReflect().Descriptor().FullName()); typ != name {
-		return fmt.Errorf("%w: %s carries type %q, want %s", ErrForeignEvent, subject, typ, name)
+		return "", fmt.Errorf("%w: %s carries type %q, want %s", ErrForeignEvent, subject, typ, name)
 	}
-	return nil
+	return event, nil
 }
 
 // ReplayTarget is what a dead letter may be replayed as: an order event on
@@ -109,12 +115,11 @@ var replayTarget = deadletter.Target{
 				typ = v[0]
 			}
 		}
-		if err := CheckEvent(subject, typ); err != nil {
+		event, err := eventOf(subject, typ)
+		if err != nil {
 			return err
 		}
-		_, event := split(subject)
-		msg := types[event].ProtoReflect().New().Interface()
-		if err := proto.Unmarshal(data, msg); err != nil {
+		if _, err := decode(event, state.Record{Subject: subject, Data: data}); err != nil {
 			return fmt.Errorf("%w: %s does not decode as %s: %v", ErrForeignEvent, subject, typ, err)
 		}
 		return nil
@@ -263,10 +268,11 @@ func Fold(recs []state.Record) (*State, error) {
 		if r.Sequence > st.LastSequence {
 			st.LastSequence = r.Sequence
 		}
-		if CheckEvent(r.Subject, r.Type) != nil {
+		event, err := eventOf(r.Subject, r.Type)
+		if err != nil {
 			continue // not the order's event: whoever wrote it, it is not history
 		}
-		msg, err := decode(r)
+		msg, err := decode(event, r)
 		if err != nil {
 			continue // a payload that does not decode is not history either
 		}
@@ -348,8 +354,7 @@ func (o Observer) Observe(status ordersv1.OrderStatus, created, now time.Time) {
 }
 
 // decode decodes an event that CheckEvent accepted.
-func decode(r state.Record) (proto.Message, error) {
-	_, event := split(r.Subject)
+func decode(event string, r state.Record) (proto.Message, error) {
 	msg := types[event].ProtoReflect().New().Interface()
 	if err := proto.Unmarshal(r.Data, msg); err != nil {
 		return nil, fmt.Errorf("event %s #%d: %w", r.Subject, r.Sequence, err)
