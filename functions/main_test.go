@@ -859,6 +859,12 @@ func TestStoreOfAnotherLayoutIsRefused(t *testing.T) {
 			if !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("start: %v, want a configuration error saying %q", err, tt.want)
 			}
+			for _, line := range strings.Split(err.Error(), "\n") {
+				if strings.Count(err.Error(), line) > 1 {
+					t.Errorf("start says %q more than once:\n%v", line, err)
+					break
+				}
+			}
 			if _, err := js.Stream(ctx, "ORDERS_1"); !errors.Is(err, jetstream.ErrStreamNotFound) && tt.name == "before partitions" {
 				t.Errorf("ORDERS_1 after the refusal: %v, want none made", err)
 			}

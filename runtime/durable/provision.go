@@ -143,7 +143,21 @@ func Ensure(ctx context.Context, js jetstream.JetStream, r Resources, mode Mode)
 		}
 		return strings.Compare(a.Name, b.Name)
 	})
-	return actions, errors.Join(errs...)
+	return actions, errors.Join(distinct(errs)...)
+}
+
+// distinct drops errors that say what an earlier one says: the partitions
+// of one resource refused for one reason say it once.
+func distinct(errs []error) []error {
+	var out []error
+	seen := map[string]bool{}
+	for _, err := range errs {
+		if !seen[err.Error()] {
+			seen[err.Error()] = true
+			out = append(out, err)
+		}
+	}
+	return out
 }
 
 func kindOrder(k string) int { return slices.Index([]string{"stream", "bucket", "consumer"}, k) }
