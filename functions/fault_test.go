@@ -460,7 +460,8 @@ func explainLedger(t *testing.T, js jetstream.JetStream, l *ordersv1.StockLevel,
 				_ = proto.Unmarshal(re.Value(), &r)
 			}
 		}
-		t.Logf("held: %s x%d, order %s, events %s, reservation %v", id, h.GetQuantity(), o.GetOrder().GetStatus(), eventTypes(o), &r)
+		t.Logf("held: %s x%d by attempt %s since %s, order %s, events %s, reservation %v", id, h.GetQuantity(), h.GetAttempt(),
+			time.Unix(h.GetHeldUnix(), 0).UTC().Format(time.TimeOnly), o.GetOrder().GetStatus(), eventTypes(o), &r)
 	}
 }
 

@@ -52,6 +52,7 @@ import (
 	mathrand "math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	ordersv1 "github.com/orderflow/orderflow/proto/gen/orders/v1"
@@ -75,11 +76,14 @@ type Stock struct {
 	s       state.Store
 	now     func() time.Time
 	layouts layouts
+	// tidied is when each long-held entry (order@ledger) was last checked.
+	tidyMu sync.Mutex
+	tidied map[string]time.Time
 }
 
 // New returns the ledger kept in s.
 func New(s state.Store) *Stock {
-	return &Stock{s: s, now: time.Now, layouts: layouts{known: map[string]layout{}}}
+	return &Stock{s: s, now: time.Now, layouts: layouts{known: map[string]layout{}}, tidied: map[string]time.Time{}}
 }
 
 func reservationKey(order string) string { return "order." + order }
@@ -165,8 +169,10 @@ const fullWait = 30 * time.Second
 // returns state.ErrNoChange to skip the write. Marks past their time are
 // dropped on the way, with a write that happens anyway.
 func (st *Stock) ledger(ctx context.Context, key string, fn func(l *ordersv1.StockLevel, exists bool) error) error {
+	var old []heldEntry
 	_, err := state.Modify(ctx, st.s, key, func(l *ordersv1.StockLevel, exists bool) error {
 		now := st.now()
+		old = oldHolds(l, now, old[:0])
 		pruned := false
 		for id, h := range l.Holds {
 			if h.State == tomb && now.Sub(time.Unix(h.ReleasedUnix, 0)) > legacyTombstoneTTL {
@@ -180,6 +186,9 @@ func (st *Stock) ledger(ctx context.Context, key string, fn func(l *ordersv1.Sto
 		}
 		return err
 	})
+	if err == nil {
+		st.tidy(ctx, key, old)
+	}
 	return err
 }
 
@@ -426,7 +435,7 @@ func (st *Stock) holdOnce(ctx context.Context, key string, capped bool, orderID 
 		if l.Holds == nil {
 			l.Holds = map[string]*ordersv1.Hold{}
 		}
-		l.Holds[orderID] = &ordersv1.Hold{Quantity: it.GetQuantity(), State: held, Attempt: attempt}
+		l.Holds[orderID] = &ordersv1.Hold{Quantity: it.GetQuantity(), State: held, Attempt: attempt, HeldUnix: st.now().Unix()}
 		owner = attempt
 		return nil
 	})

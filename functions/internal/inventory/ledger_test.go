@@ -669,3 +669,69 @@ func TestFailedDuplicateReserveGivesItsHoldBack(t *testing.T) {
 		t.Fatalf("record after the duplicate: %v, %v", r, err)
 	}
 }
+
+// An entry left HELD after its order moved on (a sale that read the
+// ledger without it, or a duplicate's stray whose every cleanup failed) is
+// settled by the next writer of the ledger once it is tidyAge old: the
+// missed line is sold, the stray given back. Orders in flight are left
+// alone.
+func TestLongHeldEntriesAreSettled(t *testing.T) {
+	ctx := context.Background()
+	st, b := newTestStock(t)
+	clock := time.Now()
+	st.now = func() time.Time { return clock }
+	if _, err := st.Restock(ctx, "A", 100, ""); err != nil {
+		t.Fatal(err)
+	}
+	item := []*ordersv1.OrderItem{{Sku: "A", Quantity: 3}}
+	// o-1's sale reads its ledger as empty: the record says SOLD, the entry stays.
+	if _, err := st.Reserve(ctx, "o-1", item); err != nil {
+		t.Fatal(err)
+	}
+	home, err := st.homeKey(ctx, "A", "o-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := New(&faultyStore{Store: b, stale: map[string]int{home: 1}, failWrite: map[string]int{}})
+	if _, err := stale.Sell(ctx, "o-1"); err != nil {
+		t.Fatal(err)
+	}
+	// o-2 is sold; a duplicate's stray for it appears afterwards.
+	if _, err := st.Reserve(ctx, "o-2", item); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Sell(ctx, "o-2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.hold(ctx, "o-2", item[0], "late"); err != nil {
+		t.Fatal(err)
+	}
+	// o-3 is in flight, reserved.
+	if _, err := st.Reserve(ctx, "o-3", item); err != nil {
+		t.Fatal(err)
+	}
+	wantLevel(t, st, "A", 88, 9, 3)
+
+	// Young entries are not checked.
+	for i := range 20 {
+		if _, err := st.Reserve(ctx, fmt.Sprintf("young-%d", i), []*ordersv1.OrderItem{{Sku: "A", Quantity: 1}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantLevel(t, st, "A", 68, 29, 3)
+
+	// Past tidyAge, every ledger's next writers settle its old entries.
+	clock = clock.Add(tidyAge + time.Second)
+	for i := range 200 {
+		if _, err := st.Restock(ctx, "A", 1, fmt.Sprintf("k-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+		for n := range SubLedgers {
+			key := fmt.Sprintf("sku.A.%d", n)
+			_ = st.ledger(ctx, key, func(*ordersv1.StockLevel, bool) error { return state.ErrNoChange })
+		}
+	}
+	// o-1's line sold (3 more sold), o-2's stray back; o-3 and the young
+	// orders (in flight, 3 + 20 units) still reserved.
+	wantLevel(t, st, "A", 68+200+3, 23, 6)
+}

@@ -217,7 +217,11 @@ type Hold struct {
 	// record names the attempt it adopted per SKU; an entry of another attempt
 	// is a late duplicate's, placed after the first hold was sold, and is given
 	// back.
-	Attempt       string `protobuf:"bytes,4,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Attempt string `protobuf:"bytes,4,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// When a HELD entry was placed (Unix seconds; 0 in entries from before
+	// it was kept). An entry held long is checked against its order's
+	// record by whoever next writes the ledger (inventory's tidy).
+	HeldUnix      int64 `protobuf:"varint,5,opt,name=held_unix,json=heldUnix,proto3" json:"held_unix,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -278,6 +282,13 @@ func (x *Hold) GetAttempt() string {
 		return x.Attempt
 	}
 	return ""
+}
+
+func (x *Hold) GetHeldUnix() int64 {
+	if x != nil {
+		return x.HeldUnix
+	}
+	return 0
 }
 
 // Transfer is units on their way from one of a SKU's ledgers to another:
@@ -714,12 +725,13 @@ const file_orders_v1_state_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\v2\x13.orders.v1.TransferR\x05value:\x028\x01\x1a;\n" +
 	"\rCreditedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x05R\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01J\x04\b\a\x10\bJ\x04\b\b\x10\t\"\x8d\x01\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01J\x04\b\a\x10\bJ\x04\b\b\x10\t\"\xaa\x01\n" +
 	"\x04Hold\x12\x1a\n" +
 	"\bquantity\x18\x01 \x01(\x05R\bquantity\x12*\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x14.orders.v1.HoldStateR\x05state\x12#\n" +
 	"\rreleased_unix\x18\x03 \x01(\x03R\freleasedUnix\x12\x18\n" +
-	"\aattempt\x18\x04 \x01(\tR\aattempt\"[\n" +
+	"\aattempt\x18\x04 \x01(\tR\aattempt\x12\x1b\n" +
+	"\theld_unix\x18\x05 \x01(\x03R\bheldUnix\"[\n" +
 	"\bTransfer\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1a\n" +
 	"\bquantity\x18\x02 \x01(\x05R\bquantity\x12!\n" +
