@@ -12,6 +12,7 @@ import (
 	"github.com/synadia-io/orbit.go/jetstreamext"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/orderflow/orderflow/runtime/function"
 	"github.com/orderflow/orderflow/runtime/state"
 )
 
@@ -131,7 +132,12 @@ func (l *Log) Read(ctx context.Context, filter string) ([]state.Record, error) {
 	}
 	c = startCall(ctx)
 	recs, err := l.readDirect(c.ctx, r.stream, filter)
-	c.cancel()
+	if err = c.done("read "+filter, err); function.IsUnavailable(err) {
+		// No answer in time: JetStream is slow or between leaders, which
+		// the leader's slow path would only wait out again, starting with
+		// the caller's time spent (and so taken for the caller's fault).
+		return nil, err
+	}
 	if err == nil && len(recs) > 0 && recs[len(recs)-1].Sequence >= last.Sequence {
 		return recs, nil
 	}
